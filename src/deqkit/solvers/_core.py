@@ -1,0 +1,218 @@
+"""Types shared by every solver: the result, the status codes, the evaluator, the base class."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Point", "Solver", "SolveError", "SolveResult", "Status"]
+
+
+class Status(enum.IntEnum):
+    """Why a sample stopped. Stored per sample in :attr:`SolveResult.status`."""
+
+    CONVERGED = 0
+    """The residual met the tolerance."""
+    MAX_ITER = 1
+    """The evaluation budget ``max_iter`` ran out first (the test-time budget, not an error)."""
+    NONFINITE = 2
+    """``f`` returned a non-finite value; the best finite iterate is returned."""
+
+    def describe(self) -> str:
+        return {
+            Status.CONVERGED: "converged",
+            Status.MAX_ITER: "reached max_iter before the tolerance",
+            Status.NONFINITE: "f returned a non-finite value (NaN or inf)",
+        }[self]
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """What :func:`deqkit.solve` found, per sample where it is per sample.
+
+    Attributes:
+        z: The returned iterate, shape, dtype and device of ``z0``: per sample the iterate
+            with the lowest residual seen.
+        converged: ``[B]`` bool, whether ``residual <= tol``.
+        iterations: ``[B]`` long, evaluations of ``f`` (Jacobian-vector products included for
+            Newton) each sample used until it stopped.
+        residual: ``[B]`` residual of the returned ``z`` under the ``stop`` criterion
+            (``abs``: ``||f(z) - z||``; ``rel``: ``||f(z) - z|| / (||f(z)|| + eps)``).
+            NaN for a sample whose very first evaluation was non-finite.
+        status: ``[B]`` long, a :class:`Status` code per sample.
+        trace: ``[steps, B]`` residual of each sample's current iterate after every solver
+            step (row 0 is ``z0``), or ``None`` when ``record_trace=False``. ``steps`` is the
+            number of steps the loop actually ran; a sample's entries after it stopped are NaN
+            (not repeated), so ``trace[:, b]`` ends where sample ``b`` ended.
+        method: Name of the solver that ran.
+        stop: ``"abs"`` or ``"rel"``.
+        tol: The tolerance used.
+        max_iter: The evaluation budget used.
+    """
+
+    z: Tensor
+    converged: Tensor
+    iterations: Tensor
+    residual: Tensor
+    status: Tensor
+    trace: Tensor | None
+    method: str
+    stop: str
+    tol: float
+    max_iter: int
+
+    @property
+    def all_converged(self) -> bool:
+        """True when every sample converged (one host synchronisation)."""
+        return bool(self.converged.all())
+
+    def summary(self) -> str:
+        """One readable line: how many samples ended in each status, and the worst residual."""
+        counts = torch.bincount(self.status.cpu(), minlength=len(Status))
+        parts = [f"{int(c)} {Status(i).name.lower()}" for i, c in enumerate(counts) if c > 0]
+        worst = self.residual.max().item() if self.residual.numel() else float("nan")
+        return (
+            f"{self.method}: {', '.join(parts)} of {self.status.numel()} samples "
+            f"(tol={self.tol:g}, stop={self.stop}, max_iter={self.max_iter}, "
+            f"worst residual={worst:.3g})"
+        )
+
+    def raise_for_status(self) -> SolveResult:
+        """Raise :class:`SolveError` unless every sample converged; return ``self`` otherwise."""
+        if not self.all_converged:
+            raise SolveError(self)
+        return self
+
+
+class SolveError(RuntimeError):
+    """Raised by ``solve(..., raise_on_failure=True)`` when some sample did not converge.
+
+    Attributes:
+        result: The full :class:`SolveResult`, so nothing computed is lost.
+    """
+
+    def __init__(self, result: SolveResult):
+        self.result = result
+        first = int(torch.nonzero(~result.converged.cpu())[0, 0])
+        why = Status(int(result.status[first])).describe()
+        super().__init__(f"{result.summary()}; first failing sample {first}: {why}")
+
+
+class Point(NamedTuple):
+    """An evaluated iterate, flattened to ``[B, n]`` in the solver's state dtype.
+
+    Attributes:
+        z: ``[B, n]`` the iterate.
+        fz: ``[B, n]`` ``f(z)``.
+        g: ``[B, n]`` residual vector ``f(z) - z``.
+        gnorm: ``[B]`` ``||g||`` (absolute, whatever the stopping criterion).
+        res: ``[B]`` the residual under the stopping criterion.
+    """
+
+    z: Tensor
+    fz: Tensor
+    g: Tensor
+    gnorm: Tensor
+    res: Tensor
+
+
+class Evaluator:
+    """Evaluates ``f`` on flat iterates, counts evaluations per active sample, checks output.
+
+    Solvers call :meth:`point` (and :meth:`jvp`) instead of ``f`` so that the shared loop owns
+    the bookkeeping. ``active`` is maintained by the loop: only active samples are charged.
+    """
+
+    def __init__(
+        self,
+        f: Callable[[Tensor], Tensor],
+        z0: Tensor,
+        state_dtype: torch.dtype,
+        stop: str,
+        max_iter: int,
+    ):
+        self._f = f
+        self.max_iter = max_iter
+        self.shape = z0.shape
+        self.in_dtype = z0.dtype
+        self.dtype = state_dtype
+        self.batch = z0.shape[0]
+        self._rel = stop == "rel"
+        self._eps = torch.finfo(state_dtype).tiny ** 0.5
+        self.nfev = torch.zeros(self.batch, dtype=torch.long, device=z0.device)
+        self.active = torch.ones(self.batch, dtype=torch.bool, device=z0.device)
+
+    def _check(self, out: Any) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"f must return a tensor, got {type(out).__name__}")
+        if out.shape != self.shape:
+            raise ValueError(
+                f"f must return a tensor shaped like z0: z0 has shape {tuple(self.shape)}, "
+                f"f returned shape {tuple(out.shape)}"
+            )
+        return out.reshape(self.batch, -1).to(self.dtype)
+
+    def _finish(self, z: Tensor, fz: Tensor) -> Point:
+        g = fz - z
+        gnorm = torch.linalg.vector_norm(g, dim=1)
+        res = gnorm / (torch.linalg.vector_norm(fz, dim=1) + self._eps) if self._rel else gnorm
+        return Point(z, fz, g, gnorm, res)
+
+    def point(self, z: Tensor) -> Point:
+        """Evaluate ``f`` at flat ``z`` (``[B, n]``); one evaluation for each active sample."""
+        fz = self._check(self._f(z.view(self.shape).to(self.in_dtype)))
+        self.nfev += self.active
+        return self._finish(z, fz)
+
+    def jvp(self, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f(z), J_f(z) v)`` by forward-mode autodiff; counted as one evaluation."""
+        fz, jv = torch.func.jvp(
+            self._f,
+            (z.view(self.shape).to(self.in_dtype),),
+            (v.view(self.shape).to(self.in_dtype),),
+        )
+        self.nfev += self.active
+        return self._check(fz), jv.reshape(self.batch, -1).to(self.dtype)
+
+
+def where_active(active: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """Per-sample select: ``new`` where ``active`` (``[B]``), else ``old``; any trailing shape."""
+    return torch.where(active.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+class Solver:
+    """Base class of fixed-point solvers: hold hyperparameters, supply one step.
+
+    A solver is an immutable object (subclasses are frozen dataclasses) whose fields are its
+    hyperparameters. The shared loop in :func:`deqkit.solve` owns budgets, tolerances,
+    per-sample masks, the best iterate, evaluation counts and traces; a solver supplies
+
+    * :meth:`init`: its state (history buffers...) given the first evaluated point, and
+    * :meth:`step`: the next evaluated point, obtained through ``ev.point`` (or ``ev.jvp``),
+      plus an optional ``[B]`` bool ``accept``: where it is False the loop keeps the old point
+      (a rejected proposal); ``None`` accepts every sample.
+
+    A step must leave inactive samples where they are (use :func:`where_active` on the
+    proposal before evaluating it) and should avoid host synchronisation. A sample whose
+    accepted point is non-finite is marked failed by the loop.
+
+    Subclass, give it a ``name`` and register it with :func:`deqkit.solvers.register` to make
+    it available by name.
+    """
+
+    name: str = "solver"
+
+    def init(self, p: Point, active: Tensor) -> Any:
+        """Return the solver state for the starting point ``p`` (default: no state)."""
+        return None
+
+    def step(
+        self, ev: Evaluator, p: Point, active: Tensor, state: Any
+    ) -> tuple[Point, Tensor | None, Any]:
+        """Return the next evaluated point, the per-sample acceptance (or None), the state."""
+        raise NotImplementedError

@@ -1,0 +1,198 @@
+"""The one loop every solver runs in, and :func:`solve`, the public entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ._core import Evaluator, Point, Solver, SolveResult, Status, where_active
+
+__all__ = ["available", "register", "resolve", "solve"]
+
+_REGISTRY: dict[str, type[Solver]] = {}
+
+
+def register(name: str, cls: type[Solver]) -> None:
+    """Make a :class:`Solver` subclass available to :func:`solve` under ``name``.
+
+    Raises:
+        TypeError: ``cls`` is not a :class:`Solver` subclass.
+        ValueError: ``name`` is empty or already taken.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Solver)):
+        raise TypeError(f"cls must be a subclass of deqkit.solvers.Solver, got {cls!r}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"a solver named {name!r} is already registered")
+    _REGISTRY[name] = cls
+
+
+def available() -> list[str]:
+    """The names :func:`solve` accepts as ``method``."""
+    return sorted(_REGISTRY)
+
+
+def resolve(method: str | Solver, options: dict | None = None) -> Solver:
+    """Turn a method name or solver object plus hyperparameter ``options`` into a solver.
+
+    Raises:
+        ValueError: unknown method name (the message lists the valid ones).
+        TypeError: ``method`` of another type, or an option the solver does not have.
+    """
+    options = dict(options or {})
+    if isinstance(method, Solver):
+        cls, base = type(method), method
+    elif isinstance(method, str):
+        if method not in _REGISTRY:
+            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(available())}")
+        cls, base = _REGISTRY[method], None
+    else:
+        raise TypeError(f"method must be a name or a Solver instance, got {type(method).__name__}")
+    valid = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)} for method {cls.name!r}; "
+            f"valid options: {', '.join(sorted(valid)) or 'none'}"
+        )
+    if base is None:
+        return cls(**options)
+    return dataclasses.replace(base, **options) if options else base
+
+
+def _check_args(f, z0, tol, stop, max_iter) -> None:
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__}")
+    if not isinstance(z0, Tensor):
+        raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
+    if not z0.is_floating_point():
+        raise TypeError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    if z0.dim() < 1 or z0.shape[0] < 1 or z0.numel() == 0:
+        raise ValueError(
+            f"z0 must be batch-first with a non-empty batch (dim 0) and sample, got shape "
+            f"{tuple(z0.shape)}"
+        )
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < math.inf):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if stop not in ("abs", "rel"):
+        raise ValueError(f"stop must be 'abs' or 'rel', got {stop!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not bool(torch.isfinite(z0).all()):
+        raise ValueError("z0 must be finite; it contains NaN or inf")
+
+
+def solve(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    method: str | Solver = "anderson",
+    *,
+    tol: float = 1e-5,
+    stop: str = "rel",
+    max_iter: int = 50,
+    record_trace: bool = False,
+    raise_on_failure: bool = False,
+    **options,
+) -> SolveResult:
+    """Solve ``z = f(z)`` for a batch of samples, each stopping on its own.
+
+    Every sample ``b`` stops when its residual ``r_b <= tol``, where
+
+    * ``stop="abs"``: ``r_b = ||f(z_b) - z_b||``
+    * ``stop="rel"``: ``r_b = ||f(z_b) - z_b|| / (||f(z_b)|| + eps)``
+
+    with norms over all non-batch dims. A stopped sample is frozen; the others go on. The
+    returned iterate of each sample is the one with the lowest residual seen, and
+    ``residual`` is the residual of that returned iterate. Running out of budget is not an
+    error (it is the test-time compute budget): it shows as ``Status.MAX_ITER``.
+
+    Args:
+        f: Maps a tensor shaped like ``z0`` to one of the same shape. Samples must not
+            interact (no batch statistics), or per-sample semantics do not hold.
+        z0: ``[B, ...]`` floating-point starting point, batch first. Half-precision ``z0``
+            (bfloat16/float16) is iterated in float32; ``f`` still receives ``z0.dtype``.
+        method: ``"picard"`` (alias ``"fixed_point"``), ``"anderson"``, ``"broyden"``,
+            ``"newton"``, another registered name (see :func:`available`), or a
+            :class:`~deqkit.solvers.Solver` instance. Default ``"anderson"``.
+        tol: Tolerance, > 0. Default ``1e-5``.
+        stop: ``"rel"`` (default) or ``"abs"``.
+        max_iter: Budget of evaluations of ``f`` per sample, >= 1, the first one at ``z0``
+            included. Default ``50``.
+        record_trace: Also return the ``[steps, B]`` residual history. Default ``False``.
+        raise_on_failure: Raise :class:`SolveError` (carrying the result) unless every sample
+            converged. Default ``False``.
+        **options: Hyperparameters of ``method`` (e.g. Anderson ``m``, ``lam``, ``beta``;
+            Picard ``beta``; Broyden ``memory``; Newton ``krylov_dim``). Unknown names raise.
+
+    Returns:
+        A :class:`SolveResult`.
+
+    Raises:
+        TypeError: ``f`` not callable, ``z0`` not a floating-point tensor, ``f`` returning
+            something other than a tensor, unknown option.
+        ValueError: bad ``tol``/``stop``/``max_iter``, non-finite ``z0``, unknown method,
+            ``f`` returning another shape than ``z0``.
+        SolveError: only with ``raise_on_failure=True``.
+
+    The forward solve runs under ``torch.no_grad()`` and keeps no autograd graph.
+    """
+    _check_args(f, z0, tol, stop, max_iter)
+    solver = resolve(method, options)
+    state_dtype = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
+    with torch.no_grad():
+        result = _run(f, z0, solver, float(tol), stop, max_iter, record_trace, state_dtype)
+    return result.raise_for_status() if raise_on_failure else result
+
+
+def _run(f, z0, solver, tol, stop, max_iter, record_trace, state_dtype) -> SolveResult:
+    ev = Evaluator(f, z0, state_dtype, stop, max_iter)
+    p = ev.point(z0.reshape(ev.batch, -1).to(state_dtype))
+    failed = ~torch.isfinite(p.gnorm)
+    active = ~failed & (p.res > tol) & (ev.nfev < max_iter)
+    ev.active = active
+    best_z, best_res = p.z.clone(), p.res.clone()
+    trace = [p.res.clone()] if record_trace else None
+    state = solver.init(p, active)
+    # Host synchronisation ("is anyone still running?") is free on the CPU; on an accelerator
+    # it stalls the queue, so there it happens every few steps. Counts stay exact either way,
+    # because evaluations are only charged to active samples.
+    sync_every = 1 if z0.device.type == "cpu" else 8
+    for step in range(max_iter - 1):  # every step charges each active sample at least once
+        if step % sync_every == 0 and not bool(active.any()):
+            break
+        q, accept, state = solver.step(ev, p, active, state)
+        take = active if accept is None else active & accept
+        bad = take & ~torch.isfinite(q.gnorm)
+        failed |= bad
+        take = take & ~bad
+        p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
+        better = take & (p.res < best_res)
+        best_z = where_active(better, p.z, best_z)
+        best_res = torch.where(better, p.res, best_res)
+        if trace is not None:
+            trace.append(torch.where(active, q.res, torch.nan))
+        active = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)
+        ev.active = active
+    converged = best_res <= tol
+    status = torch.where(
+        converged,
+        int(Status.CONVERGED),
+        torch.where(failed, int(Status.NONFINITE), int(Status.MAX_ITER)),
+    )
+    return SolveResult(
+        z=best_z.view(z0.shape).to(z0.dtype),
+        converged=converged,
+        iterations=ev.nfev,
+        residual=best_res,
+        status=status,
+        trace=torch.stack(trace) if trace is not None else None,
+        method=solver.name,
+        stop=stop,
+        tol=tol,
+        max_iter=max_iter,
+    )

@@ -1,0 +1,34 @@
+"""Plain (damped) fixed-point iteration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._core import Evaluator, Point, Solver, where_active
+
+
+@dataclass(frozen=True)
+class Picard(Solver):
+    r"""Damped fixed-point (Picard / Krasnosel'skii-Mann) iteration.
+
+    .. math:: z_{k+1} = (1 - \beta) z_k + \beta f(z_k)
+
+    The baseline every other solver is measured against, and the fallback step of Anderson
+    and Broyden. Converges linearly at rate ``rho(J)`` for ``beta = 1`` when ``f`` is a
+    contraction near the fixed point; damping (``beta < 1``) can make it converge on maps
+    whose Jacobian has eigenvalues left of ``-1`` (then the rate is ``rho((1-beta)I + beta J)``).
+
+    Args:
+        beta: Damping in ``(0, 1]`` (a value above 1 over-relaxes and is allowed up to 2).
+            Default ``1.0``.
+    """
+
+    beta: float = 1.0
+    name = "picard"
+
+    def __post_init__(self):
+        if not (0.0 < self.beta <= 2.0):
+            raise ValueError(f"Invalid beta for picard: {self.beta!r} (expected 0 < beta <= 2)")
+
+    def step(self, ev: Evaluator, p: Point, active, state):
+        return ev.point(where_active(active, p.z + self.beta * p.g, p.z)), None, state

@@ -1,0 +1,62 @@
+"""Prefix-sum parity (Schwarzschild et al. 2021): the running parity of a bit string."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import check_int, make_generator
+
+
+def prefix_sums(
+    n: int,
+    length: int,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    r"""Random bit strings and their prefix-sum parities.
+
+    Bits are i.i.d. Bernoulli(1/2) and the target is the running parity
+
+    .. math:: y_i = \Big(\sum_{j \le i} x_j\Big) \bmod 2,
+
+    so ``x = [1, 0, 1, 1]`` gives ``y = [1, 1, 0, 1]``. Generation is one ``randint`` and one
+    ``cumsum``, cheap enough to draw a fresh batch every step. Harder instances are longer
+    strings (Bansal et al. 2022 train on 32 bits and test on 512).
+
+    Args:
+        n: Number of strings, >= 1.
+        length: Bits per string (the difficulty knob), >= 1.
+        seed: Seed for a fresh generator; the same seed gives the same data on every device.
+            Default ``None``.
+        generator: A ``torch.Generator`` to draw from (and advance), for a stream of fresh
+            batches; bits are drawn on its device. Default ``None``. Passing neither ``seed``
+            nor ``generator`` draws from OS entropy; torch's global generator is never used.
+        device: Device of the returned tensors. Default ``None``: the generator's device.
+        dtype: Floating dtype of ``x``. Default ``torch.float32``.
+
+    Returns:
+        ``(x, y)``: ``x`` of ``dtype``, shape ``[n, 1, length]`` (channels first, ready for
+        ``nn.Conv1d``), values 0.0/1.0; ``y`` int64 ``[n, length]``, values 0/1. Models should
+        output logits ``[n, 2, length]`` (class 1 = parity 1), scored by
+        :func:`exact_match` and :func:`bit_accuracy`.
+
+    Raises:
+        ValueError: If ``n < 1`` or ``length < 1``, or both ``seed`` and ``generator`` are
+            given, or ``dtype`` is not floating point.
+        TypeError: If ``n``, ``length`` or ``seed`` is not an int.
+    """
+    n = check_int("n", n, 1)
+    length = check_int("length", length, 1)
+    if not dtype.is_floating_point:
+        raise ValueError(f"Invalid dtype: {dtype} (expected a floating point dtype)")
+    g = make_generator(seed, generator)
+    bits = torch.randint(0, 2, (n, length), generator=g, device=g.device)
+    y = bits.cumsum(dim=1).remainder_(2)
+    x = bits.to(dtype).unsqueeze(1)
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x, y
