@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._core import Evaluator, Point, Solver, where_active
+from ._core import Evaluator, Point, Solver, put, where_active
 
 
 class _History(NamedTuple):
@@ -132,16 +132,18 @@ class Anderson(Solver):
         reset = failed | (active & ~accept)
         slot = torch.where(accept, accepted % m, m)
         dg = q.g - p.g
-        h.dF[h.rows, slot] = q.fz - p.fz
-        h.dG[h.rows, slot] = dg
+        dF = put(h.dF, (h.rows, slot), q.fz - p.fz)
+        dG = put(h.dG, (h.rows, slot), dg)
         # One pass over the history: the new Gram row (dG dg) and next rhs (dG g_{k+1}).
-        both = torch.bmm(h.dG[:, :m], torch.stack((dg, q.g), dim=-1)).to(torch.float64)
-        h.gram.mul_(~reset[:, None, None])
+        both = torch.bmm(dG[:, :m], torch.stack((dg, q.g), dim=-1)).to(torch.float64)
+        keep = ~reset[:, None, None]
+        gram = h.gram * keep if torch.is_grad_enabled() else h.gram.mul_(keep)
         row = both[..., 0] * (h.cols <= count[:, None])
-        h.gram[h.rows, slot, :m] = row
-        h.gram[h.rows, :m, slot] = row
+        r, c, k = h.rows[:, None], h.cols[None, :], slot[:, None]
+        gram = put(gram, (r, k, c), row)
+        gram = put(gram, (r, c, k), row)
         accepted = torch.where(accept, accepted + 1, accepted * ~reset)
-        return q, accept, h._replace(rhs=both[..., 1], accepted=accepted)
+        return q, accept, h._replace(dF=dF, dG=dG, gram=gram, rhs=both[..., 1], accepted=accepted)
 
 
 _TINY = torch.finfo(torch.float64).tiny

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._core import Evaluator, Point, Solver, where_active
+from ._core import Evaluator, Point, Solver, put, where_active
 
 
 class _Memory(NamedTuple):
@@ -94,8 +94,8 @@ class Broyden(Solver):
         write = update & ~full
         rows = torch.arange(U.shape[0], device=U.device)
         slot = count.clamp(max=self.memory - 1)
-        U[rows, slot] = where_active(write, u, U[rows, slot])
-        V[rows, slot] = where_active(write, HTs, V[rows, slot])
+        U = put(U, (rows, slot), where_active(write, u, U[rows, slot]))
+        V = put(V, (rows, slot), where_active(write, HTs, V[rows, slot]))
         # -H_{k+1} g_{k+1} = -(H_k g_{k+1} + u (v . g_{k+1}))
         d_next = -(Hq + torch.where(write, (HTs * q.g).sum(1), 0.0)[:, None] * u)
         restart = reject | full

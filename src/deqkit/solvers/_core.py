@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Point", "Solver", "SolveError", "SolveResult", "Status"]
+__all__ = ["Point", "SolveError", "SolveResult", "Solver", "Status", "put", "where_active"]
 
 
 class Status(enum.IntEnum):
@@ -49,6 +49,9 @@ class SolveResult:
             step (row 0 is ``z0``), or ``None`` when ``record_trace=False``. ``steps`` is the
             number of steps the loop actually ran; a sample's entries after it stopped are NaN
             (not repeated), so ``trace[:, b]`` ends where sample ``b`` ended.
+        iterates: ``[steps, *z0.shape]`` the current iterate after every step (row 0 is
+            ``z0``; a stopped sample stays where it stopped), or ``None`` unless
+            ``record_iterates=True``.
         method: Name of the solver that ran.
         stop: ``"abs"`` or ``"rel"``.
         tol: The tolerance used.
@@ -61,6 +64,7 @@ class SolveResult:
     residual: Tensor
     status: Tensor
     trace: Tensor | None
+    iterates: Tensor | None
     method: str
     stop: str
     tol: float
@@ -178,6 +182,13 @@ class Evaluator:
         )
         self.nfev += self.active
         return self._check(fz), jv.reshape(self.batch, -1).to(self.dtype)
+
+
+def put(buf: Tensor, index: tuple[Tensor, ...], value: Tensor) -> Tensor:
+    """``buf[index] = value``, in place unless autograd is recording (unrolled solves)."""
+    if torch.is_grad_enabled():
+        return buf.index_put(index, value)
+    return buf.index_put_(index, value)
 
 
 def where_active(active: Tensor, new: Tensor, old: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._core import Evaluator, Point, Solver, SolveResult, Status, where_active
 
-__all__ = ["available", "register", "resolve", "solve"]
+__all__ = ["available", "register", "resolve", "run", "solve"]
 
 _REGISTRY: dict[str, type[Solver]] = {}
 
@@ -96,6 +96,7 @@ def solve(
     stop: str = "rel",
     max_iter: int = 50,
     record_trace: bool = False,
+    record_iterates: bool = False,
     raise_on_failure: bool = False,
     **options,
 ) -> SolveResult:
@@ -124,6 +125,8 @@ def solve(
         max_iter: Budget of evaluations of ``f`` per sample, >= 1, the first one at ``z0``
             included. Default ``50``.
         record_trace: Also return the ``[steps, B]`` residual history. Default ``False``.
+        record_iterates: Also return every iterate, ``[steps, *z0.shape]`` (memory grows
+            with the number of steps). Default ``False``.
         raise_on_failure: Raise :class:`SolveError` (carrying the result) unless every sample
             converged. Default ``False``.
         **options: Hyperparameters of ``method`` (e.g. Anderson ``m``, ``lam``, ``beta``;
@@ -143,13 +146,27 @@ def solve(
     """
     _check_args(f, z0, tol, stop, max_iter)
     solver = resolve(method, options)
-    state_dtype = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
     with torch.no_grad():
-        result = _run(f, z0, solver, float(tol), stop, max_iter, record_trace, state_dtype)
+        result = run(f, z0, solver, float(tol), stop, max_iter, record_trace, record_iterates)
     return result.raise_for_status() if raise_on_failure else result
 
 
-def _run(f, z0, solver, tol, stop, max_iter, record_trace, state_dtype) -> SolveResult:
+def run(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    solver: Solver,
+    tol: float,
+    stop: str,
+    max_iter: int,
+    record_trace: bool = False,
+    record_iterates: bool = False,
+) -> SolveResult:
+    """The shared loop behind :func:`solve`, without argument checks or ``no_grad``.
+
+    Under autograd it records a graph through every step (the "unrolled" backward of
+    :class:`deqkit.DEQ`); :func:`solve` is what users call.
+    """
+    state_dtype = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
     ev = Evaluator(f, z0, state_dtype, stop, max_iter)
     p = ev.point(z0.reshape(ev.batch, -1).to(state_dtype))
     failed = ~torch.isfinite(p.gnorm)
@@ -157,6 +174,7 @@ def _run(f, z0, solver, tol, stop, max_iter, record_trace, state_dtype) -> Solve
     ev.active = active
     best_z, best_res = p.z.clone(), p.res.clone()
     trace = [p.res.clone()] if record_trace else None
+    iterates = [p.z] if record_iterates else None
     state = solver.init(p, active)
     # Host synchronisation ("is anyone still running?") is free on the CPU; on an accelerator
     # it stalls the queue, so there it happens every few steps. Counts stay exact either way,
@@ -176,6 +194,8 @@ def _run(f, z0, solver, tol, stop, max_iter, record_trace, state_dtype) -> Solve
         best_res = torch.where(better, p.res, best_res)
         if trace is not None:
             trace.append(torch.where(active, q.res, torch.nan))
+        if iterates is not None:
+            iterates.append(p.z)
         active = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)
         ev.active = active
     converged = best_res <= tol
@@ -191,6 +211,9 @@ def _run(f, z0, solver, tol, stop, max_iter, record_trace, state_dtype) -> Solve
         residual=best_res,
         status=status,
         trace=torch.stack(trace) if trace is not None else None,
+        iterates=(
+            torch.stack(iterates).view(-1, *z0.shape).to(z0.dtype) if iterates is not None else None
+        ),
         method=solver.name,
         stop=stop,
         tol=tol,
