@@ -1,8 +1,19 @@
 """deqkit: deep equilibrium models and the fixed-point solvers behind them."""
 
-from . import solvers
+from . import nn, solvers
+from .nn import DEQ, DEQInfo
 from .solvers import SolveError, SolveResult, Status, solve
 
 __version__ = "0.1.0"
 
-__all__ = ["SolveError", "SolveResult", "Status", "__version__", "solve", "solvers"]
+__all__ = [
+    "DEQ",
+    "DEQInfo",
+    "SolveError",
+    "SolveResult",
+    "Status",
+    "__version__",
+    "nn",
+    "solve",
+    "solvers",
+]
