@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import numbers
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -58,8 +59,8 @@ def require(module: str, package: str, caller: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         raise ImportError(
-            f"{caller} needs the optional package {package!r}, which is not installed: "
-            f"run `pip install {package}` (or `{INSTALL_HINT}` for all data extras)"
+            f"{caller} needs the optional package {package!r}, which could not be imported "
+            f"({err}): run `pip install {package}` (or `{INSTALL_HINT}` for all data extras)"
         ) from err
 
 
@@ -68,15 +69,17 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shuffled train and test indices with each class split in proportion.
 
-    The test set has ``round(test_fraction * n)`` samples; each class gives
-    ``floor(test_fraction * n_c)`` of them and the remainder goes, one each, to the classes
-    with the largest fractional parts (largest-remainder rounding).
+    The test set has ``ceil(test_fraction * n)`` samples, as in scikit-learn's
+    ``train_test_split``; each class gives ``floor(test_fraction * n_c)`` of them and the rest
+    go, one each, to the classes with the largest fractional parts (largest remainder).
     """
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
-    quota = test_fraction * counts
+    # Rounded to 9 places first so that float noise (0.7 * 10 = 7.000000000000001) cannot
+    # move a count by one.
+    quota = np.round(test_fraction * counts, 9)
     n_test_c = np.floor(quota).astype(np.int64)
-    remainder = round(test_fraction * len(labels)) - int(n_test_c.sum())
+    remainder = math.ceil(round(test_fraction * len(labels), 9)) - int(n_test_c.sum())
     n_test_c[np.argsort(-(quota - n_test_c), kind="stable")[:remainder]] += 1
     train, test = [], []
     for c, n_c in zip(classes, n_test_c, strict=True):
@@ -132,7 +135,8 @@ def to_data(
     """Copy numpy arrays into float32 / int64 tensors, inputs divided by ``scale``."""
 
     def x(a: np.ndarray) -> Tensor:
-        return torch.tensor(np.asarray(a, dtype=np.float64) / scale, dtype=torch.float32)
+        # torch.tensor always copies, so cached source arrays are never aliased.
+        return torch.tensor(a, dtype=torch.float32).div_(scale)
 
     def y(a: np.ndarray) -> Tensor:
         return torch.tensor(np.asarray(a), dtype=torch.int64)

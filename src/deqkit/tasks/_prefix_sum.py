@@ -8,6 +8,30 @@ from torch import Tensor
 from ._common import check_int, make_generator
 
 
+def prefix_parity(bits: Tensor) -> Tensor:
+    """The running parity of bit strings: ``y_i = (x_1 + ... + x_i) mod 2``.
+
+    Args:
+        bits: Bits ``[n, length]`` or ``[n, 1, length]``, any dtype, values 0/1.
+
+    Returns:
+        Int64 tensor ``[n, length]`` on ``bits``' device; ``[1, 0, 1, 1]`` gives
+        ``[1, 1, 0, 1]``.
+
+    Raises:
+        ValueError: If ``bits`` has another shape or values other than 0 and 1.
+    """
+    if bits.ndim == 3 and bits.shape[1] == 1:
+        bits = bits[:, 0]
+    if bits.ndim != 2:
+        raise ValueError(
+            f"Invalid bits shape: {tuple(bits.shape)} (expected [n, length] or [n, 1, length])"
+        )
+    if not ((bits == 0) | (bits == 1)).all():
+        raise ValueError("Invalid bits: values other than 0 and 1")
+    return bits.long().cumsum(dim=1).remainder_(2)
+
+
 def prefix_sums(
     n: int,
     length: int,
@@ -55,7 +79,7 @@ def prefix_sums(
         raise ValueError(f"Invalid dtype: {dtype} (expected a floating point dtype)")
     g = make_generator(seed, generator)
     bits = torch.randint(0, 2, (n, length), generator=g, device=g.device)
-    y = bits.cumsum(dim=1).remainder_(2)
+    y = bits.cumsum(dim=1).remainder_(2)  # prefix_parity, without its checks
     x = bits.to(dtype).unsqueeze(1)
     if device is not None:
         x, y = x.to(device), y.to(device)

@@ -1,0 +1,45 @@
+"""Offline tasks and data sets for deep equilibrium models; nothing here touches the network.
+
+Algorithmic tasks with a difficulty knob, generated on the fly (Bansal et al. 2022):
+
+* :func:`prefix_sums`: bit strings ``x [n, 1, length]`` and their running parity
+  ``y [n, length]``; harder = longer.
+* :func:`mazes`: perfect mazes ``x [n, 3, 2k+1, 2k+1]`` (channels open, start, goal) and the
+  start-goal path mask ``y [n, 2k+1, 2k+1]``; harder = larger ``k``.
+
+Models output two-class logits ``[n, 2, ...]`` (class 1 = bit 1 / on the path), scored per
+sample by :func:`exact_match` (every position right), :func:`maze_exact_match` and
+:func:`bit_accuracy`.
+
+Classification data, returned as :class:`ClassificationData` (float32 ``x [n, C, ...]``,
+int64 ``y [n]``): :func:`load_digits_dataset`, :func:`load_mnist_subset`,
+:func:`load_mnist1d` from installed packages (``pip install 'deqkit[data]'``), and
+:func:`load_idx_dataset`, :func:`load_cifar10` from local files; :func:`load_dataset` picks
+one by name.
+"""
+
+from ._common import ClassificationData
+from ._digits import load_digits_dataset, load_mnist1d, load_mnist_subset
+from ._files import load_cifar10, load_idx_dataset, read_idx
+from ._load import load_dataset
+from ._maze import check_maze, maze_exact_match, mazes
+from ._metrics import bit_accuracy, exact_match
+from ._prefix_sum import prefix_parity, prefix_sums
+
+__all__ = [
+    "ClassificationData",
+    "bit_accuracy",
+    "check_maze",
+    "exact_match",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits_dataset",
+    "load_idx_dataset",
+    "load_mnist1d",
+    "load_mnist_subset",
+    "mazes",
+    "maze_exact_match",
+    "prefix_parity",
+    "prefix_sums",
+    "read_idx",
+]
