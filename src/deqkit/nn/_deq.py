@@ -145,7 +145,7 @@ class _ImplicitGrad(torch.autograd.Function):
     def forward(ctx, fz: Tensor, z: Tensor, adj: _Adjoint) -> Tensor:
         ctx.save_for_backward(fz, z)
         ctx.adj = adj
-        return fz.detach().clone()
+        return fz.view_as(fz)
 
     @staticmethod
     @once_differentiable

@@ -42,6 +42,8 @@ class Packer:
                 f"{self._describe(self.shapes)}, got {self._describe(got)}"
             )
         B = parts[0].shape[0]
+        if len(parts) == 1:
+            return parts[0].reshape(B, -1)
         return torch.cat([t.reshape(B, -1) for t in parts], dim=1)
 
     def unpack(self, flat: Tensor) -> State:

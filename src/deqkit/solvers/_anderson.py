@@ -12,17 +12,15 @@ from ._core import Evaluator, Point, Solver, put, where_active
 
 
 class _History(NamedTuple):
-    dF: Tensor  # [B, m + 1, n] differences of f(z) between consecutive accepted iterates
-    dG: Tensor  # [B, m + 1, n] differences of g(z) = f(z) - z
-    gram: Tensor  # [B, m + 1, m + 1] float64 dG dG^T, zero outside the valid block
+    dF: Tensor  # [B, m, n] differences of f(z) between consecutive accepted iterates
+    dG: Tensor  # [B, m, n] differences of g(z) = f(z) - z
+    gram: Tensor  # [B, m, m] float64 dG dG^T, zero outside the valid block
     rhs: Tensor  # [B, m] float64, dG g_k for the current iterate (valid columns only count)
     accepted: Tensor  # [B] long, differences recorded since the last reset; the ring's
     # next column is accepted % m and its valid columns are 0..min(accepted, m) - 1
     eye: Tensor  # [m, m] float64
     rows: Tensor  # [B] long, 0..B-1
     cols: Tensor  # [m] long, 0..m-1
-    # Row/column m of the buffers is scratch: samples that must not record a difference
-    # write there, which saves a gather and a select per buffer and step.
 
 
 @dataclass(frozen=True)
@@ -94,13 +92,13 @@ class Anderson(Solver):
         if not (self.max_weight > 0.0):
             raise ValueError(f"Invalid max_weight for anderson: {self.max_weight!r} (expected > 0)")
 
-    def init(self, p: Point, active: Tensor) -> _History:
+    def init(self, ev: Evaluator, p: Point, active: Tensor) -> _History:
         B, n = p.z.shape
         m, dev = self.m, p.z.device
         return _History(
-            dF=p.z.new_zeros(B, m + 1, n),
-            dG=p.z.new_zeros(B, m + 1, n),
-            gram=torch.zeros(B, m + 1, m + 1, dtype=torch.float64, device=dev),
+            dF=p.z.new_zeros(B, m, n),
+            dG=p.z.new_zeros(B, m, n),
+            gram=torch.zeros(B, m, m, dtype=torch.float64, device=dev),
             rhs=torch.zeros(B, m, dtype=torch.float64, device=dev),
             accepted=torch.zeros(B, dtype=torch.long, device=dev),
             eye=torch.eye(m, dtype=torch.float64, device=dev),
@@ -109,9 +107,9 @@ class Anderson(Solver):
         )
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, h: _History):
-        m = self.m
+        m = h.cols.shape[0]
         count = h.accepted.clamp(max=m)
-        gram = h.gram[:, :m, :m]
+        gram = h.gram
         ridge = self.lam * torch.diagonal(gram, dim1=1, dim2=2).sum(-1) / count.clamp(min=1)
         chol, info = torch.linalg.cholesky_ex(gram + (ridge + _TINY)[:, None, None] * h.eye)
         rhs = h.rhs * (h.cols < count[:, None])
@@ -121,27 +119,29 @@ class Anderson(Solver):
         accepted = h.accepted.masked_fill(failed, 0)
         count = count.masked_fill(failed, 0)
         if self.beta == 1.0:
-            prop = p.fz - torch.bmm(gamma, h.dF[:, :m])[:, 0]
+            prop = p.fz - torch.bmm(gamma, h.dF)[:, 0]
         else:
-            dZb = h.dF[:, :m] - (1.0 - self.beta) * h.dG[:, :m]
+            dZb = h.dF - (1.0 - self.beta) * h.dG
             prop = p.z + self.beta * p.g - torch.bmm(gamma, dZb)[:, 0]
         q = ev.point(where_active(active, prop, p.z))
 
         # NaN compares False, so a non-finite accelerated proposal is rejected here.
         accept = active & ((q.gnorm <= self.safeguard * p.gnorm) | (count == 0))
         reset = failed | (active & ~accept)
-        slot = torch.where(accept, accepted % m, m)
+        # Only accepted samples need the new difference. The others either reset (all their
+        # columns become invalid) or are frozen, so they may write anywhere: no select needed,
+        # except on the Gram row, which must stay zero outside the valid block.
+        slot = accepted % m
         dg = q.g - p.g
         dF = put(h.dF, (h.rows, slot), q.fz - p.fz)
         dG = put(h.dG, (h.rows, slot), dg)
         # One pass over the history: the new Gram row (dG dg) and next rhs (dG g_{k+1}).
-        both = torch.bmm(dG[:, :m], torch.stack((dg, q.g), dim=-1)).to(torch.float64)
+        both = torch.bmm(dG, torch.stack((dg, q.g), dim=-1)).to(torch.float64)
         keep = ~reset[:, None, None]
         gram = h.gram * keep if torch.is_grad_enabled() else h.gram.mul_(keep)
-        row = both[..., 0] * (h.cols <= count[:, None])
+        row = both[..., 0] * ((h.cols <= count[:, None]) & accept[:, None])
         r, c, k = h.rows[:, None], h.cols[None, :], slot[:, None]
-        gram = put(gram, (r, k, c), row)
-        gram = put(gram, (r, c, k), row)
+        gram = put(put(gram, (r, k, c), row), (r, c, k), row)
         accepted = torch.where(accept, accepted + 1, accepted * ~reset)
         return q, accept, h._replace(dF=dF, dG=dG, gram=gram, rhs=both[..., 1], accepted=accepted)
 

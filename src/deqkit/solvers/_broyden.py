@@ -68,9 +68,10 @@ class Broyden(Solver):
         if not (self.safeguard > 1.0):
             raise ValueError(f"Invalid safeguard for broyden: {self.safeguard!r} (expected > 1)")
 
-    def init(self, p: Point, active: Tensor) -> _Memory:
+    def init(self, ev: Evaluator, p: Point, active: Tensor) -> _Memory:
         B, n = p.z.shape
-        zeros = p.z.new_zeros(B, self.memory, n)
+        # A budget of max_iter evaluations can use at most max_iter - 2 pairs.
+        zeros = p.z.new_zeros(B, max(1, min(self.memory, ev.max_iter - 2)), n)
         count = torch.zeros(B, dtype=torch.long, device=p.z.device)
         return _Memory(zeros, zeros.clone(), count, p.g.clone())
 
@@ -90,10 +91,10 @@ class Broyden(Solver):
         eps = torch.finfo(s.dtype).eps
         update = accept & torch.isfinite(denom) & (denom.abs() > eps * scale)
         u = (s - Hy) / torch.where(update, denom, 1.0)[:, None]
-        full = update & (count >= self.memory)
+        full = update & (count >= U.shape[1])
         write = update & ~full
         rows = torch.arange(U.shape[0], device=U.device)
-        slot = count.clamp(max=self.memory - 1)
+        slot = count.clamp(max=U.shape[1] - 1)
         U = put(U, (rows, slot), where_active(write, u, U[rows, slot]))
         V = put(V, (rows, slot), where_active(write, HTs, V[rows, slot]))
         # -H_{k+1} g_{k+1} = -(H_k g_{k+1} + u (v . g_{k+1}))

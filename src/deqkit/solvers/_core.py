@@ -218,8 +218,11 @@ class Solver:
 
     name: str = "solver"
 
-    def init(self, p: Point, active: Tensor) -> Any:
-        """Return the solver state for the starting point ``p`` (default: no state)."""
+    def init(self, ev: Evaluator, p: Point, active: Tensor) -> Any:
+        """Return the solver state for the starting point ``p`` (default: no state).
+
+        ``ev.max_iter`` is the evaluation budget, so buffers can be sized to what it can use.
+        """
         return None
 
     def step(

@@ -172,13 +172,14 @@ def run(
     failed = ~torch.isfinite(p.gnorm)
     active = ~failed & (p.res > tol) & (ev.nfev < max_iter)
     ev.active = active
-    best_z, best_res = p.z.clone(), p.res.clone()
+    best_z, best_res = p.z, p.res  # never modified in place
     trace = [p.res.clone()] if record_trace else None
     iterates = [p.z] if record_iterates else None
-    state = solver.init(p, active)
-    # Host synchronisation ("is anyone still running?") is free on the CPU; on an accelerator
-    # it stalls the queue, so there it happens every few steps. Counts stay exact either way,
-    # because evaluations are only charged to active samples.
+    state = solver.init(ev, p, active)
+    # Host synchronisation ("is anyone still running?", "did every sample take its step?") is
+    # free on the CPU; on an accelerator it stalls the queue, so there it happens every few
+    # steps. Counts stay exact either way, because evaluations are only charged to active
+    # samples.
     sync_every = 1 if z0.device.type == "cpu" else 8
     for step in range(max_iter - 1):  # every step charges each active sample at least once
         if step % sync_every == 0 and not bool(active.any()):
@@ -188,7 +189,10 @@ def run(
         bad = take & ~torch.isfinite(q.gnorm)
         failed |= bad
         take = take & ~bad
-        p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
+        if sync_every == 1 and bool(take.all()):  # free check on the CPU: skip the selects
+            p = q
+        else:
+            p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
         better = take & (p.res < best_res)
         best_z = where_active(better, p.z, best_z)
         best_res = torch.where(better, p.res, best_res)

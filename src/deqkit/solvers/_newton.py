@@ -61,7 +61,7 @@ class NewtonKrylov(Solver):
         if self.jvp not in ("autodiff", "fd"):
             raise ValueError(f"Invalid jvp for newton: {self.jvp!r} (expected 'autodiff' or 'fd')")
 
-    def init(self, p: Point, active: Tensor) -> _Forcing:
+    def init(self, ev: Evaluator, p: Point, active: Tensor) -> _Forcing:
         return _Forcing(torch.full_like(p.gnorm, self.eta_max), p.gnorm.clone())
 
     def _matvec(self, ev: Evaluator, p: Point, v: Tensor) -> Tensor:
