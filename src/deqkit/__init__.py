@@ -1,6 +1,6 @@
 """deqkit: deep equilibrium models and the fixed-point solvers behind them."""
 
-from . import nn, solvers
+from . import analysis, nn, solvers
 from .nn import DEQ, DEQInfo
 from .solvers import SolveError, SolveResult, Status, solve
 
@@ -13,6 +13,7 @@ __all__ = [
     "SolveResult",
     "Status",
     "__version__",
+    "analysis",
     "nn",
     "solve",
     "solvers",

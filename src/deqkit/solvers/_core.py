@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -45,10 +46,11 @@ class SolveResult:
             (``abs``: ``||f(z) - z||``; ``rel``: ``||f(z) - z|| / (||f(z)|| + eps)``).
             NaN for a sample whose very first evaluation was non-finite.
         status: ``[B]`` long, a :class:`Status` code per sample.
-        trace: ``[steps, B]`` residual of each sample's current iterate after every solver
-            step (row 0 is ``z0``), or ``None`` when ``record_trace=False``. ``steps`` is the
-            number of steps the loop actually ran; a sample's entries after it stopped are NaN
-            (not repeated), so ``trace[:, b]`` ends where sample ``b`` ended.
+        trace: ``[steps, B]`` residual of each sample's current (accepted) iterate after every
+            solver step (row 0 is ``z0``; a rejected proposal leaves it unchanged), or ``None``
+            when ``record_trace=False``. ``steps`` is the number of steps the loop actually
+            ran; a sample's entries after it stopped are NaN (not repeated), so ``trace[:, b]``
+            ends where sample ``b`` ended.
         iterates: ``[steps, *z0.shape]`` the current iterate after every step (row 0 is
             ``z0``; a stopped sample stays where it stopped), or ``None`` unless
             ``record_iterates=True``.
@@ -175,11 +177,15 @@ class Evaluator:
 
     def jvp(self, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(z), J_f(z) v)`` by forward-mode autodiff; counted as one evaluation."""
-        fz, jv = torch.func.jvp(
-            self._f,
-            (z.view(self.shape).to(self.in_dtype),),
-            (v.view(self.shape).to(self.in_dtype),),
-        )
+        with warnings.catch_warnings():
+            # torch builds its forward-AD decompositions with torch.jit.script on first use and
+            # warns that it is deprecated: torch's own warning, not the user's concern.
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+            fz, jv = torch.func.jvp(
+                self._f,
+                (z.view(self.shape).to(self.in_dtype),),
+                (v.view(self.shape).to(self.in_dtype),),
+            )
         self.nfev += self.active
         return self._check(fz), jv.reshape(self.batch, -1).to(self.dtype)
 

@@ -197,7 +197,7 @@ def run(
         best_z = where_active(better, p.z, best_z)
         best_res = torch.where(better, p.res, best_res)
         if trace is not None:
-            trace.append(torch.where(active, q.res, torch.nan))
+            trace.append(torch.where(active, p.res, torch.nan))
         if iterates is not None:
             iterates.append(p.z)
         active = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)

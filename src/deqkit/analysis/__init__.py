@@ -1,0 +1,42 @@
+"""Instruments for studying fixed points and whether test-time compute pays.
+
+Each is a function over the public solver and layer API, batched, with per-sample results:
+
+* :func:`spectral_radius` / :func:`spectral_norm`: ``rho(J)`` and ``||J||_2`` of
+  ``J = df/dz`` per sample, from Jacobian products (Arnoldi / Lanczos). Norm < 1: a
+  contraction; only radius < 1: eventually contractive.
+* :func:`jacobian_frobenius`: Hutchinson estimate of ``||J||_F^2 / n`` (the regulariser's).
+* :func:`trajectory`: every (or every k-th) iterate of a solve, to read out predictions
+  along the way; :func:`limit_cycle` finds iterates that settle into a ``p``-cycle.
+* :func:`compute_curve`: a metric as a function of the evaluation budget (the test-time
+  compute curve), read off one solve per batch where the solver allows it.
+* :func:`path_independence`: the asymptotic-alignment score of Anil et al. (2022).
+* :func:`plot_residuals`, :func:`plot_compute_curves`, :func:`plot_spectral_histogram`: PNG
+  figures, written atomically (matplotlib is imported only when one is drawn).
+"""
+
+from ..nn import jacobian_frobenius
+from ._curve import CurveResult, compute_curve, exact_argmax
+from ._path import PathIndependence, path_independence
+from ._plots import plot_compute_curves, plot_residuals, plot_spectral_histogram
+from ._spectral import SpectralEstimate, spectral_norm, spectral_radius
+from ._trajectory import LimitCycle, Trajectory, limit_cycle, trajectory
+
+__all__ = [
+    "CurveResult",
+    "LimitCycle",
+    "PathIndependence",
+    "SpectralEstimate",
+    "Trajectory",
+    "compute_curve",
+    "exact_argmax",
+    "jacobian_frobenius",
+    "limit_cycle",
+    "path_independence",
+    "plot_compute_curves",
+    "plot_residuals",
+    "plot_spectral_histogram",
+    "spectral_norm",
+    "spectral_radius",
+    "trajectory",
+]

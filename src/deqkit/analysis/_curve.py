@@ -1,0 +1,304 @@
+"""The test-time compute curve: a metric as a function of the solver's evaluation budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ..nn._state import Packer
+from ..solvers import Solver, resolve, solve
+from ._common import (
+    check_callable,
+    check_int,
+    check_positive,
+    one_evaluation_per_step,
+    row_residuals,
+)
+
+__all__ = ["CurveResult", "compute_curve", "exact_argmax"]
+
+PICKS = ("best", "last")
+PROTOCOL = ("cell", "inject", "initial_state", "readout")
+
+
+@dataclass(frozen=True)
+class CurveResult:
+    """A metric and the residual at each evaluation budget, averaged and per sample.
+
+    ``K`` budgets, ``N`` samples; tensors live on the CPU.
+
+    Attributes:
+        iterations: The ``K`` budgets (evaluations of ``f`` per sample), ascending.
+        metric: ``[K]`` float64 mean of the metric over the samples at each budget.
+        residual: ``[K]`` float64 median residual (NaN-aware) of the states read out.
+        per_sample_metric: ``[K, N]`` float64 metric of each sample at each budget.
+        per_sample_residual: ``[K, N]`` residual of each sample's state at each budget.
+        evaluations: ``[K, N]`` long, evaluations each sample actually spent (at most the
+            budget; less where it met ``tol`` earlier).
+        method: Name of the solver.
+        one_pass: True when every budget was read off one solve per batch; False when each
+            budget was solved anew (solvers that spend several evaluations per step).
+        pick: ``"best"`` or ``"last"``, which state each budget read out.
+    """
+
+    iterations: tuple[int, ...]
+    metric: Tensor
+    residual: Tensor
+    per_sample_metric: Tensor
+    per_sample_residual: Tensor
+    evaluations: Tensor
+    method: str
+    one_pass: bool
+    pick: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The curve as plain Python lists (JSON-ready), without the per-sample matrices."""
+        return {
+            "iterations": list(self.iterations),
+            "metric": self.metric.tolist(),
+            "residual": self.residual.tolist(),
+            "mean_evaluations": self.evaluations.double().mean(dim=1).tolist(),
+            "method": self.method,
+            "one_pass": self.one_pass,
+            "pick": self.pick,
+        }
+
+
+def exact_argmax(logits: Tensor, targets: Tensor) -> Tensor:
+    """Default metric: ``[B]`` bool, ``logits.argmax(dim=1)`` equals ``targets`` everywhere.
+
+    Classification (``logits [B, C]``, ``targets [B]``) gives accuracy; per-position tasks
+    (``logits [B, C, *S]``, ``targets [B, *S]``) give exact match (every position right).
+
+    Raises:
+        ValueError: the prediction and ``targets`` shapes differ.
+    """
+    pred = logits.argmax(dim=1)
+    if pred.shape != targets.shape:
+        raise ValueError(
+            f"logits.argmax(dim=1) has shape {tuple(pred.shape)} but targets has shape "
+            f"{tuple(targets.shape)}; pass a metric for this task"
+        )
+    return (pred == targets).reshape(targets.shape[0], -1).all(dim=1)
+
+
+def compute_curve(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    iterations: Sequence[int] = (1, 2, 5, 10, 20, 50),
+    metric: Callable[[Tensor, Tensor], Tensor] | None = None,
+    *,
+    method: str | Solver | None = None,
+    tol: float = 1e-12,
+    stop: str | None = None,
+    pick: str = "best",
+    batch_size: int = 256,
+    **options,
+) -> CurveResult:
+    """The metric (e.g. accuracy) as a function of the solver budget: test-time compute.
+
+    The state at budget ``b`` is what ``deqkit.solve(f, z0, method, max_iter=b, tol=tol)``
+    returns, ``f = lambda z: model.cell(z, model.inject(x))`` and
+    ``z0 = model.initial_state(x)``: each sample's lowest-residual iterate among the first
+    ``b`` it evaluated (``pick="best"``), or its current iterate after ``b`` evaluations
+    (``pick="last"``, the state a recurrent network would hold). Budgets count evaluations
+    of ``f``, the first one at ``z0`` included, so budget 1 reads out ``z0``.
+
+    For Picard, Anderson and Broyden, where each step costs one evaluation, one solve per
+    batch with ``max_iter = max(iterations)`` records its iterates and every budget is read
+    off it (row ``b - 1`` is the iterate after ``b`` evaluations); the states equal those
+    of fresh solves up to rounding. Other solvers (Newton-Krylov spends several evaluations
+    per step) are solved anew for each budget. The default ``tol`` is tiny so that each
+    budget is spent; pass the model's tolerance to also let samples stop early.
+
+    The model runs in eval mode under ``torch.no_grad()``; its modules' training flags are
+    restored afterwards. Memory per batch grows as ``max(iterations) * batch_size * N``.
+
+    Args:
+        model: An equilibrium model: ``cell(z, u)``, ``inject(x)``, ``initial_state(x)``,
+            ``readout(z)``, and ``deq.settings`` (solver, options, stop) for the defaults.
+        inputs: ``[N, ...]`` inputs.
+        targets: ``[N, ...]`` targets.
+        iterations: Budgets, integers >= 1 (sorted, duplicates dropped). Default
+            ``(1, 2, 5, 10, 20, 50)``.
+        metric: ``metric(logits, targets) -> [B]`` per-sample score (bool or float). Default
+            :func:`exact_argmax` (accuracy, or exact match for per-position targets).
+        method: Solver name or :class:`~deqkit.solvers.Solver`. Default: the model's
+            ``deq.settings.solver`` with its ``solver_options``.
+        tol: Solver tolerance, > 0. Default ``1e-12``.
+        stop: ``"rel"`` or ``"abs"``. Default: the model's, else ``"rel"``.
+        pick: ``"best"`` (default) or ``"last"``, see above.
+        batch_size: Samples per solve, >= 1. Default ``256``.
+        **options: Solver hyperparameters (added to the model's ``solver_options`` when
+            ``method`` is ``None``).
+
+    Returns:
+        A :class:`CurveResult`.
+
+    Raises:
+        ValueError: empty ``iterations``, a budget that is not an integer >= 1, ``inputs``
+            and ``targets`` with different numbers of samples, bad ``tol``/``pick``/
+            ``batch_size``, a metric that does not return ``[B]``.
+        TypeError: ``model`` missing part of the protocol, ``metric`` not callable,
+            ``inputs``/``targets`` not tensors.
+    """
+    budgets = _check_iterations(iterations)
+    missing = [name for name in PROTOCOL if not callable(getattr(model, name, None))]
+    if missing:
+        raise TypeError(f"model must define {', '.join(PROTOCOL)}; missing {', '.join(missing)}")
+    for name, value in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() < 1 or value.shape[0] < 1:
+            raise ValueError(f"{name} must be batch-first and non-empty, got {tuple(value.shape)}")
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"inputs and targets must have the same number of samples, got inputs "
+            f"{tuple(inputs.shape)} and targets {tuple(targets.shape)}"
+        )
+    metric = exact_argmax if metric is None else metric
+    check_callable("metric", metric)
+    check_positive("tol", tol)
+    check_int("batch_size", batch_size, 1)
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    settings = getattr(getattr(model, "deq", None), "settings", None)
+    if method is None:
+        if settings is None:
+            raise ValueError("model has no deq.settings: pass method=...")
+        solver = resolve(settings.solver, {**(settings.solver_options or {}), **options})
+    else:
+        solver = resolve(method, options)
+    if stop is None:
+        stop = getattr(settings, "stop", "rel")
+    one_pass = one_evaluation_per_step(solver)
+
+    scores, resid, evals = [], [], []
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), parametrize.cached():
+            for lo in range(0, inputs.shape[0], batch_size):
+                x, y = inputs[lo : lo + batch_size], targets[lo : lo + batch_size]
+                s, r, e = _batch(model, x, y, budgets, metric, solver, tol, stop, pick, one_pass)
+                scores.append(s)
+                resid.append(r)
+                evals.append(e)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    per_metric = torch.cat(scores, dim=1)
+    per_resid = torch.cat(resid, dim=1)
+    return CurveResult(
+        iterations=tuple(budgets),
+        metric=per_metric.mean(dim=1),
+        residual=per_resid.double().nanmedian(dim=1).values,
+        per_sample_metric=per_metric,
+        per_sample_residual=per_resid,
+        evaluations=torch.cat(evals, dim=1),
+        method=solver.name,
+        one_pass=one_pass,
+        pick=pick,
+    )
+
+
+def _check_iterations(iterations: Sequence[int]) -> list[int]:
+    if isinstance(iterations, (str, bytes)) or not isinstance(iterations, Sequence):
+        raise ValueError(
+            f"iterations must be a non-empty sequence of integers >= 1, got {iterations!r}"
+        )
+    if len(iterations) == 0:
+        raise ValueError("iterations must be a non-empty sequence of integers >= 1, got []")
+    for b in iterations:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(
+                f"iterations must hold integers >= 1 (evaluation budgets), got {b!r} in "
+                f"{list(iterations)!r}"
+            )
+    return sorted(set(iterations))
+
+
+def _batch(model, x, y, budgets, metric, solver, tol, stop, pick, one_pass):
+    """Per-budget metric ``[K, B]``, residual ``[K, B]`` and evaluations ``[K, B]`` (CPU)."""
+    u = model.inject(x)
+    z0 = model.initial_state(x)
+    packer = Packer.of(z0, "model.initial_state(x)")
+    start = packer.pack(z0, "model.initial_state(x)")
+    B = start.shape[0]
+    if B != y.shape[0]:
+        raise ValueError(
+            f"model.initial_state(x) has batch {B} but the batch of targets has {y.shape[0]}"
+        )
+
+    def f(z: Tensor) -> Tensor:
+        return packer.pack(model.cell(packer.unpack(z), u), "model.cell(z, u)").to(z.dtype)
+
+    kw = dict(tol=tol, stop=stop)
+    states, resid, evals = [], [], []
+    if one_pass:
+        res = solve(
+            f, start, solver, max_iter=budgets[-1], **kw, record_trace=True, record_iterates=True
+        )
+        rows = torch.arange(B, device=res.iterates.device)
+        for b, index, r in zip(
+            budgets, *_budget_rows(row_residuals(res), budgets, pick), strict=True
+        ):
+            states.append(res.iterates[index.to(rows.device), rows])
+            resid.append(r)
+            evals.append(res.iterations.clamp(max=b))
+    else:
+        last = pick == "last"
+        for b in budgets:
+            res = solve(f, start, solver, max_iter=b, **kw, record_trace=last, record_iterates=last)
+            states.append(res.iterates[-1] if last else res.z)
+            resid.append(row_residuals(res)[-1] if last else res.residual)
+            evals.append(res.iterations)
+    scores = []
+    for z in states:
+        score = metric(model.readout(packer.unpack(z)), y)
+        if not isinstance(score, Tensor) or score.shape != (B,):
+            got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+            raise ValueError(f"metric must return a per-sample tensor of shape [{B}], got {got}")
+        scores.append(score.detach().to("cpu", torch.float64))
+    return (
+        torch.stack(scores),
+        torch.stack([r.detach().cpu() for r in resid]),
+        torch.stack([e.cpu() for e in evals]),
+    )
+
+
+def _budget_rows(rows: Tensor, budgets: list[int], pick: str) -> tuple[list[Tensor], list[Tensor]]:
+    """For each budget, the row index ``[B]`` of each sample's state and its residual.
+
+    ``"best"`` mirrors the solve loop: a row replaces the best so far only where its
+    residual is strictly lower, so ties keep the earlier row.
+    """
+    T = rows.shape[0]
+    if pick == "last":
+        picks = [min(b, T) - 1 for b in budgets]
+        return (
+            [torch.full_like(rows[0], t, dtype=torch.long) for t in picks],
+            [rows[t] for t in picks],
+        )
+    index = torch.zeros_like(rows[0], dtype=torch.long)
+    best = rows[0]
+    out_index, out_res = [], []
+    j = 0
+    for t in range(T):
+        if t:
+            better = rows[t] < best
+            index = torch.where(better, t, index)
+            best = torch.where(better, rows[t], best)
+        while j < len(budgets) and budgets[j] - 1 <= t:
+            out_index.append(index)
+            out_res.append(best)
+            j += 1
+    out_index += [index] * (len(budgets) - j)
+    out_res += [best] * (len(budgets) - j)
+    return out_index, out_res
