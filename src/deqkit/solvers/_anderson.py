@@ -112,7 +112,7 @@ class Anderson(Solver):
         gram = h.gram
         ridge = self.lam * torch.diagonal(gram, dim1=1, dim2=2).sum(-1) / count.clamp(min=1)
         chol, info = torch.linalg.cholesky_ex(gram + (ridge + _TINY)[:, None, None] * h.eye)
-        rhs = h.rhs * (h.cols < count[:, None])
+        rhs = torch.where(h.cols < count[:, None], h.rhs, 0.0)
         gamma = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
         failed = (info != 0) | ~(torch.linalg.vector_norm(gamma, dim=-1) <= self.max_weight)
         gamma = gamma.masked_fill(failed[:, None], 0.0).to(p.z.dtype)[:, None, :]
@@ -128,18 +128,17 @@ class Anderson(Solver):
         # NaN compares False, so a non-finite accelerated proposal is rejected here.
         accept = active & ((q.gnorm <= self.safeguard * p.gnorm) | (count == 0))
         reset = failed | (active & ~accept)
-        # Only accepted samples need the new difference. The others either reset (all their
-        # columns become invalid) or are frozen, so they may write anywhere: no select needed,
-        # except on the Gram row, which must stay zero outside the valid block.
+        # Only accepted samples record a difference; the others write zeros into a column that
+        # is invalid for them (a reset sample) or never read again (a frozen one). Selects,
+        # not multiplications, keep a rejected NaN proposal out of the history.
         slot = accepted % m
         dg = q.g - p.g
-        dF = put(h.dF, (h.rows, slot), q.fz - p.fz)
-        dG = put(h.dG, (h.rows, slot), dg)
+        dF = put(h.dF, (h.rows, slot), torch.where(accept[:, None], q.fz - p.fz, 0.0))
+        dG = put(h.dG, (h.rows, slot), torch.where(accept[:, None], dg, 0.0))
         # One pass over the history: the new Gram row (dG dg) and next rhs (dG g_{k+1}).
         both = torch.bmm(dG, torch.stack((dg, q.g), dim=-1)).to(torch.float64)
-        keep = ~reset[:, None, None]
-        gram = h.gram * keep if torch.is_grad_enabled() else h.gram.mul_(keep)
-        row = both[..., 0] * ((h.cols <= count[:, None]) & accept[:, None])
+        gram = torch.where(reset[:, None, None], 0.0, h.gram)
+        row = torch.where((h.cols <= count[:, None]) & accept[:, None], both[..., 0], 0.0)
         r, c, k = h.rows[:, None], h.cols[None, :], slot[:, None]
         gram = put(put(gram, (r, k, c), row), (r, c, k), row)
         accepted = torch.where(accept, accepted + 1, accepted * ~reset)

@@ -208,8 +208,11 @@ def run(
         int(Status.CONVERGED),
         torch.where(failed, int(Status.NONFINITE), int(Status.MAX_ITER)),
     )
+    z = best_z.view(z0.shape).to(z0.dtype)
+    if z.untyped_storage().data_ptr() == z0.untyped_storage().data_ptr():
+        z = z.clone()  # no step was taken: never hand back the caller's z0 itself
     return SolveResult(
-        z=best_z.view(z0.shape).to(z0.dtype),
+        z=z,
         converged=converged,
         iterations=ev.nfev,
         residual=best_res,

@@ -91,7 +91,9 @@ class NewtonKrylov(Solver):
         used = torch.zeros(B, dtype=torch.long, device=p.z.device)
         running = active & (beta0 > 0)
         target = (eta * beta0).to(f64)
+        charged = ev.active
         for j in range(k_max):
+            ev.active = charged & running  # a sample that met its forcing term pays no more
             w = self._matvec(ev, p, basis[j])
             Vs = torch.stack(basis, dim=1)  # [B, j+1, n]
             h = torch.zeros(B, j + 2, dtype=f64, device=p.z.device)
@@ -116,6 +118,7 @@ class NewtonKrylov(Solver):
             running = running & (e[:, j + 1].abs() > target) & ~breakdown
             if not bool(running.any()):
                 break
+        ev.active = charged
         k = R.shape[-1]
         cols = torch.arange(k, device=p.z.device)
         mask = cols < used[:, None]
@@ -130,6 +133,8 @@ class NewtonKrylov(Solver):
         return where_active(active & (used > 0), d, p.g)
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, st: _Forcing):
+        if not bool(active.any()):  # all stopped between the loop's checks (accelerators)
+            return p, None, st
         budget = int((ev.max_iter - ev.nfev)[active].min())
         if budget < 2:  # no room for a Krylov step and its trial point: plain step
             return ev.point(where_active(active, p.z + p.g, p.z)), None, st
