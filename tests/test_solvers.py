@@ -179,7 +179,11 @@ def test_batch_invariance(name: str, method: str):
     for b in range(p.batch):
         q = p.subset([b])
         alone = solve_problem(q, method)
-        torch.testing.assert_close(r.z[b : b + 1], alone.z, rtol=0, atol=1e-12)
+        # Batched and single-sample matrix products round differently; a map that does not
+        # contract (expansive tanh) amplifies that over the budget, so only converging
+        # problems are held to 1e-12.
+        atol = 1e-12 if method in p.converges else 1e-8
+        torch.testing.assert_close(r.z[b : b + 1], alone.z, rtol=0, atol=atol)
         assert r.status[b] == alone.status[0]
         if method in ONE_EVAL_PER_STEP:
             assert r.iterations[b] == alone.iterations[0]

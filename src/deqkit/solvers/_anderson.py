@@ -25,15 +25,15 @@ class _History(NamedTuple):
 
 @dataclass(frozen=True)
 class Anderson(Solver):
-    r"""Anderson acceleration, type II, in difference form with a relative ridge.
+    r"""Anderson acceleration, type II, in difference form with a per-column relative ridge.
 
     With residual ``g(z) = f(z) - z`` and the last ``m_k <= m`` differences
     ``dG = [g_{i+1} - g_i]``, ``dF = [f(z_{i+1}) - f(z_i)]`` (so ``dZ = dF - dG``):
 
     .. math::
 
-        \gamma_k &= \arg\min_\gamma \|g_k - dG\,\gamma\|^2 + \lambda_k \|\gamma\|^2,
-        \qquad \lambda_k = \lambda\,\mathrm{tr}(dG^\top dG) / m_k \\
+        \gamma_k &= \arg\min_\gamma \|g_k - dG\,\gamma\|^2
+                   + \lambda \textstyle\sum_i \|dG_i\|^2 \gamma_i^2 \\
         z_{k+1} &= z_k + \beta g_k - (dZ + \beta\, dG)\,\gamma_k
 
     which equals the classical form ``z_{k+1} = sum_i alpha_i f(z_i)`` (``sum alpha = 1``,
@@ -43,9 +43,14 @@ class Anderson(Solver):
     How this differs from the DEQ tutorial (Kolter, Duvenaud & Johnson), torchdeq 0.1 and
     jaxopt, and why:
 
-    1. The ridge is relative to ``tr(dG^T dG)`` (scale invariant). An absolute ``lam = 1e-4``
-       on the Gram matrix (tutorial, torchdeq) damps the method into being slower than plain
-       iteration on most problems and stalls it near ``1e-4`` residual.
+    1. The ridge is relative: each weight is penalised in proportion to its own column's
+       ``||dG_i||^2`` (a Tikhonov term on the column-normalised problem), so it is invariant
+       to the scale of ``f`` and of each difference. An absolute ``lam = 1e-4`` on the Gram
+       matrix (tutorial, torchdeq) damps the method into being slower than plain iteration on
+       most problems and stalls it near ``1e-4`` residual. A ridge relative to the trace
+       ``tr(dG^T dG) / m`` (also scale invariant) still damps the newest, much smaller
+       differences of a fast solve: with ``m >= n`` on a linear map it took 13 evaluations
+       where GMRES-equivalent Anderson takes 10; the per-column ridge takes 10.
     2. The ``m x m`` system is solved per sample in float64 by a Cholesky factorisation that
        reports failure per sample (``cholesky_ex``); a failing sample takes a plain damped step
        and clears its history instead of aborting the batch with "singular U".
@@ -66,7 +71,8 @@ class Anderson(Solver):
     Args:
         m: History length (number of differences), >= 1. Default ``5``.
         beta: Mixing (damping) in ``(0, 2]``. Default ``1.0``.
-        lam: Relative ridge ``lambda`` >= 0. Default ``1e-8``.
+        lam: Relative ridge ``lambda`` >= 0 (bounds the condition number of the
+            column-normalised system by about ``m / lambda``). Default ``1e-8``.
         safeguard: Growth factor of ``||g||`` above which an accelerated proposal is
             rejected, > 1 (``inf`` disables). Default ``10.0``; a factor of 2 stalls on
             non-normal maps, whose residual may legitimately grow by ``||M||`` per step.
@@ -110,8 +116,8 @@ class Anderson(Solver):
         m = h.cols.shape[0]
         count = h.accepted.clamp(max=m)
         gram = h.gram
-        ridge = self.lam * torch.diagonal(gram, dim1=1, dim2=2).sum(-1) / count.clamp(min=1)
-        chol, info = torch.linalg.cholesky_ex(gram + (ridge + _TINY)[:, None, None] * h.eye)
+        ridge = self.lam * torch.diagonal(gram, dim1=1, dim2=2) + _TINY
+        chol, info = torch.linalg.cholesky_ex(gram + torch.diag_embed(ridge))
         rhs = torch.where(h.cols < count[:, None], h.rhs, 0.0)
         gamma = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
         failed = (info != 0) | ~(torch.linalg.vector_norm(gamma, dim=-1) <= self.max_weight)
