@@ -517,7 +517,9 @@ def test_trace_matches_iterates(method: str):
     torch.testing.assert_close(r.trace[live].to(D), res[live], rtol=1e-9, atol=1e-14)
 
 
-@pytest.mark.parametrize(("method", "options"), [("anderson", {"safeguard": 1.1}), ("broyden", {})])
+@pytest.mark.parametrize(
+    ("method", "options"), [("anderson", {"safeguard": 1.1}), ("broyden", {"safeguard": 1.1})]
+)
 def test_trace_records_current_iterate_after_rejected_step(method: str, options: dict):
     """The trace is documented as the residual of each sample's *current* iterate, and the
     iterates as the current iterate: after a rejected proposal (safeguard) the current iterate

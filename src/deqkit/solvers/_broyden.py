@@ -53,13 +53,16 @@ class Broyden(Solver):
        so a step costs four passes over the memory instead of six.
 
     Args:
-        memory: Number of ``(u, v)`` pairs kept, >= 1. Default ``30``.
+        memory: Number of ``(u, v)`` pairs kept, >= 1; buffers are sized to
+            ``min(memory, max_iter - 2)``, all a budget can use. Default ``100`` (with 30, a
+            solve of a near-linear tanh layer at spectral radius 0.99 cleared its memory and
+            needed 113-132 evaluations instead of 82).
         safeguard: Growth factor of ``||g||`` above which a quasi-Newton step is rejected,
-            > 1. Default ``10.0``.
+            > 1. Default ``30.0`` (10 rejected legitimate steps on near-linear problems).
     """
 
-    memory: int = 30
-    safeguard: float = 10.0
+    memory: int = 100
+    safeguard: float = 30.0
     name = "broyden"
 
     def __post_init__(self):
