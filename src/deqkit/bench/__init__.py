@@ -15,7 +15,6 @@ from .memory import (
     plot_memory,
     run_memory_benchmark,
 )
-
 from .solvers import (
     BenchConfig,
     Problem,
