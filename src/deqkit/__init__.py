@@ -1,6 +1,6 @@
 """deqkit: deep equilibrium models and the fixed-point solvers behind them."""
 
-from . import analysis, nn, solvers
+from . import analysis, models, nn, solvers, tasks
 from .nn import DEQ, DEQInfo
 from .solvers import SolveError, SolveResult, Status, solve
 
@@ -14,7 +14,9 @@ __all__ = [
     "Status",
     "__version__",
     "analysis",
+    "models",
     "nn",
     "solve",
     "solvers",
+    "tasks",
 ]

@@ -1,0 +1,44 @@
+"""Equilibrium models, their explicit twins, and a common protocol to treat them alike.
+
+Every equilibrium model is an :class:`EquilibriumModel`: ``inject(x)`` once, a ``cell``
+``f(z, u)`` solved to its fixed point by ``deq`` (a :class:`deqkit.DEQ`), ``readout(z)`` on
+any iterate; ``model(x, z0=None, **overrides) -> (logits, info)`` solves, and
+``model.iterate(x, n)`` runs the same cell as a weight-tied recurrent net for ``n`` steps.
+Explicit baselines (:class:`ExplicitModel`) return ``(logits, None)``. All report
+``num_parameters()``.
+
+* :class:`RecallNet`: DeepThinking-style recall network (1-D prefix sums, 2-D mazes), as
+  a DEQ or a recurrent net trained with :func:`progressive_loss`.
+* :class:`DEQMLP` / :class:`ExplicitMLP`: dense classifier and its untied twin.
+* :class:`DEQConv` / :class:`ExplicitConv`: small multiscale conv classifier and its twin.
+* :class:`MonotoneMLP`: monotone operator DEQ, convergence guaranteed (Winston & Kolter
+  2020). ``spectral_norm=True`` on the others constrains their cell's weights.
+* :func:`build_model` builds any of them by name.
+"""
+
+from ._base import DEQ_SETTINGS, EquilibriumModel, ExplicitModel
+from ._conv import DEQConv, ExplicitConv, MultiscaleCell
+from ._mlp import DEQMLP, ExplicitMLP, MLPCell
+from ._monotone import MonotoneCell, MonotoneMLP
+from ._recall import RecallCell, RecallNet, ResidualBlock, progressive_loss
+from ._registry import available_models, build_model
+
+__all__ = [
+    "DEQConv",
+    "DEQMLP",
+    "DEQ_SETTINGS",
+    "EquilibriumModel",
+    "ExplicitConv",
+    "ExplicitMLP",
+    "ExplicitModel",
+    "MLPCell",
+    "MonotoneCell",
+    "MonotoneMLP",
+    "MultiscaleCell",
+    "RecallCell",
+    "RecallNet",
+    "ResidualBlock",
+    "available_models",
+    "build_model",
+    "progressive_loss",
+]

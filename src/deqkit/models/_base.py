@@ -1,0 +1,314 @@
+"""The protocol every model follows: equilibrium models and their explicit twins."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ..nn import DEQ, DEQInfo, apply_spectral_norm
+
+__all__ = ["DEQ_SETTINGS", "EquilibriumModel", "ExplicitModel", "State"]
+
+State = Tensor | tuple[Tensor, ...]
+
+DEQ_SETTINGS: tuple[str, ...] = tuple(
+    name for name in inspect.signature(DEQ.__init__).parameters if name not in ("self", "f")
+)
+"""Names a model accepts as DEQ settings (``solver``, ``tol``, ``max_iter``, ...)."""
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` if it is an integer ``>= minimum``, else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: Any) -> float:
+    """``value`` as a float if it is a finite number > 0, else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_groups(groups: int, channels: int, name: str = "groups") -> int:
+    """GroupNorm group count that divides ``channels``."""
+    check_int(name, groups)
+    if channels % groups:
+        raise ValueError(f"{name}={groups} must divide the channel count {channels}")
+    return groups
+
+
+def merge_deq_settings(
+    defaults: dict[str, Any], deq_kwargs: dict[str, Any] | None, explicit: dict[str, Any]
+) -> dict[str, Any]:
+    """Model defaults, overridden by ``deq_kwargs``, overridden by keyword settings.
+
+    Raises:
+        TypeError: an unknown setting name, or ``deq_kwargs`` not a dict.
+        ValueError: a setting given both in ``deq_kwargs`` and as a keyword.
+    """
+    if deq_kwargs is not None and not isinstance(deq_kwargs, dict):
+        raise TypeError(f"deq_kwargs must be a dict or None, got {type(deq_kwargs).__name__}")
+    given = dict(deq_kwargs or {})
+    unknown = sorted((set(given) | set(explicit)) - set(DEQ_SETTINGS))
+    if unknown:
+        raise TypeError(
+            f"unknown DEQ setting(s) {', '.join(unknown)}; valid: {', '.join(DEQ_SETTINGS)}"
+        )
+    both = sorted(set(given) & set(explicit))
+    if both:
+        raise ValueError(
+            f"DEQ setting(s) {', '.join(both)} given both in deq_kwargs and as keywords"
+        )
+    return {**defaults, **given, **explicit}
+
+
+def spectral_normalise(cell: nn.Module, warmup: int = 100) -> nn.Module:
+    """:func:`deqkit.nn.apply_spectral_norm` on ``cell``, then ``warmup`` power iterations.
+
+    PyTorch's spectral norm runs 15 power iterations at registration and one per training
+    forward; for a random matrix, whose top singular values are close, that leaves
+    ``sigma`` underestimated by up to a few percent, so ``||W / sigma||_2`` exceeds 1. The
+    warm-up converges the singular vectors once (about 20 ms at width 64); afterwards one
+    iteration per forward tracks the slowly changing weights.
+    """
+    apply_spectral_norm(cell)
+    was_training = cell.training
+    cell.train()
+    with torch.no_grad():
+        for m in cell.modules():
+            if parametrize.is_parametrized(m, "weight"):
+                for _ in range(warmup):
+                    m.weight  # noqa: B018 (each access in train mode is a power iteration)
+    cell.train(was_training)
+    return cell
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters, each shared tensor counted once."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class EquilibriumModel(nn.Module):
+    r"""An input injection, a cell solved to its fixed point, and a readout.
+
+    .. math:: u = \mathrm{inject}(x), \qquad z^* = f(z^*, u), \qquad
+              \mathrm{logits} = \mathrm{readout}(z^*)
+
+    The common protocol of every equilibrium model in :mod:`deqkit.models`, so that
+    training and analysis code can treat them alike:
+
+    * ``deq``: the :class:`~deqkit.DEQ` layer wrapping ``cell`` (solver, tolerance, budget,
+      gradient); ``cell`` is ``deq.f``, so its parameters are registered once, under
+      ``deq.f``.
+    * ``inject(x)`` runs once per forward; the cell re-injects ``u`` at every iteration.
+    * ``readout(z)`` reads any iterate, not only the fixed point.
+    * ``forward`` solves with ``deq``; ``iterate`` runs the same cell as a weight-tied
+      recurrent net for a fixed number of plain steps, with autograd through every step.
+
+    Subclasses build the three parts and may validate inputs in ``inject``. Building one
+    directly from your own parts also works: ``EquilibriumModel(injection, cell, head)``.
+
+    Args:
+        injection: ``nn.Module`` mapping ``x`` to ``u``.
+        cell: ``nn.Module`` ``f(z, u) -> z`` (``z`` a tensor or tuple of tensors, batch
+            first) with a method ``initial_state(u)``.
+        head: ``nn.Module`` mapping a state ``z`` to logits.
+        deq_kwargs: DEQ settings as a dict (see :class:`~deqkit.DEQ`). Default ``None``.
+        **deq_settings: The same settings as keywords (``solver="picard"``, ``tol=1e-5``, ...);
+            a name given in both places is an error. They override the model's defaults.
+
+    Raises:
+        TypeError: ``cell`` without ``initial_state``, unknown DEQ setting.
+        ValueError: invalid DEQ setting value (checked by :class:`~deqkit.DEQ`).
+    """
+
+    _deq_defaults: ClassVar[dict[str, Any]] = {}
+    deq: DEQ
+
+    def __init__(
+        self,
+        injection: nn.Module,
+        cell: nn.Module,
+        head: nn.Module,
+        *,
+        deq_kwargs: dict[str, Any] | None = None,
+        **deq_settings: Any,
+    ):
+        super().__init__()
+        if not callable(getattr(cell, "initial_state", None)):
+            raise TypeError(f"cell {type(cell).__name__} must define initial_state(u)")
+        self.injection = injection
+        self.deq = DEQ(cell, **merge_deq_settings(self._deq_defaults, deq_kwargs, deq_settings))
+        self.head = head
+
+    @property
+    def cell(self) -> nn.Module:
+        """The map ``f(z, u) -> z`` (the module ``deq.f``)."""
+        return self.deq.f
+
+    def inject(self, x: Tensor) -> Any:
+        """Input injection ``u``, computed once per forward and re-injected every iteration."""
+        return self.injection(x)
+
+    def initial_state(self, x: Tensor) -> State:
+        """The default starting state for input ``x``: ``cell.initial_state(inject(x))``."""
+        return self.cell.initial_state(self.inject(x))
+
+    def readout(self, z: State) -> Tensor:
+        """Logits from any state ``z`` (an iterate or the fixed point)."""
+        return self.head(z)
+
+    def forward(
+        self, x: Tensor, z0: State | None = None, **overrides: Any
+    ) -> tuple[Tensor, DEQInfo]:
+        """Inject, solve for the fixed point with ``deq``, read out.
+
+        Args:
+            x: Input batch.
+            z0: Starting state. Default ``cell.initial_state(inject(x))``.
+            **overrides: DEQ settings for this call only (``max_iter=200``, ``tol=1e-6``,
+                ``solver="picard"``, ...): test-time compute.
+
+        Returns:
+            ``(logits, info)``; ``info`` a :class:`~deqkit.DEQInfo`.
+        """
+        with self._frozen():
+            z, info = self.deq(self.inject(x), z0, **overrides)
+        return self.readout(z), info
+
+    def iterate(
+        self, x: Tensor, iterations: int, z0: State | None = None, *, every: bool = True
+    ) -> list[Tensor]:
+        r"""Run the cell as a weight-tied recurrent net for exactly ``iterations`` steps.
+
+        .. math:: z_0 = \mathrm{initial\_state}, \quad z_{k+1} = f(z_k, u), \quad
+                  \mathrm{out}_k = \mathrm{readout}(z_k), \; k = 1, \dots, \mathrm{iterations}
+
+        Autograd records every step (backprop through time), as for the progressive loss
+        of Bansal et al. (2022); wrap in ``torch.no_grad()`` to only evaluate. Parametrized
+        weights (spectral norm) are computed once for the whole run, as in ``deq``.
+
+        Args:
+            x: Input batch.
+            iterations: Number of cell applications, >= 1.
+            z0: Starting state. Default ``cell.initial_state(inject(x))``.
+            every: Return the readout of every iterate (default) or only of the last.
+
+        Returns:
+            A list of logits: ``iterations`` of them, ``out_1 ... out_n``, or with
+            ``every=False`` a one-element list ``[out_n]``.
+
+        Raises:
+            ValueError: ``iterations`` not an integer >= 1.
+        """
+        check_int("iterations", iterations)
+        outs = []
+        with self._frozen(), parametrize.cached():
+            u = self.inject(x)
+            z = self.cell.initial_state(u) if z0 is None else z0
+            for k in range(1, iterations + 1):
+                z = self.cell(z, u)
+                if every or k == iterations:
+                    outs.append(self.readout(z))
+        return outs
+
+    def unroll(self, x: Tensor, iterations: int, z0: State | None = None) -> State:
+        """The state after ``iterations`` plain cell steps (``z0`` itself for 0), with autograd.
+
+        The state-level twin of :meth:`iterate`, for warm starts (the first, gradient-free
+        part of the progressive loss) and for analysis of the iterates themselves.
+
+        Raises:
+            ValueError: ``iterations`` not an integer >= 0.
+        """
+        check_int("iterations", iterations, 0)
+        with self._frozen(), parametrize.cached():
+            u = self.inject(x)
+            z = self.cell.initial_state(u) if z0 is None else z0
+            for _ in range(iterations):
+                z = self.cell(z, u)
+        return z
+
+    def _frozen(self) -> contextlib.AbstractContextManager:
+        """Context within which the cell is one fixed map (a hook for cells with state)."""
+        return contextlib.nullcontext()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of scalar parameters (shared tensors counted once)."""
+        return count_parameters(self, trainable_only)
+
+
+class ExplicitModel(nn.Module):
+    r"""An explicit, fixed-depth twin: the same injection, cell and readout, weights untied.
+
+    .. math:: u = \mathrm{inject}(x), \quad z_0 = \mathrm{initial\_state}(u), \quad
+              z_{i+1} = f_i(z_i, u), \quad \mathrm{logits} = \mathrm{readout}(z_{\mathrm{depth}})
+
+    With every ``f_i`` equal to the equilibrium model's cell this is exactly its
+    ``iterate(x, depth)``; with untied ``f_i`` it is the usual deep-network baseline of the
+    same per-layer size.
+
+    Args:
+        injection: ``nn.Module`` mapping ``x`` to ``u``.
+        layers: The ``depth`` cells ``f_i(z, u) -> z``; the first defines ``initial_state``.
+        head: ``nn.Module`` mapping a state to logits.
+
+    Raises:
+        ValueError: no layers.
+    """
+
+    def __init__(self, injection: nn.Module, layers: Sequence[nn.Module], head: nn.Module):
+        super().__init__()
+        if len(layers) < 1:
+            raise ValueError("layers must hold at least one cell")
+        self.injection = injection
+        self.layers = nn.ModuleList(layers)
+        self.head = head
+
+    @property
+    def depth(self) -> int:
+        """Number of layers."""
+        return len(self.layers)
+
+    def inject(self, x: Tensor) -> Any:
+        """Input injection ``u``, computed once and fed to every layer."""
+        return self.injection(x)
+
+    def readout(self, z: State) -> Tensor:
+        """Logits from a state."""
+        return self.head(z)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, None]:
+        """``(logits, None)``: the same return shape as an equilibrium model's forward."""
+        u = self.inject(x)
+        z = self.layers[0].initial_state(u)
+        for layer in self.layers:
+            z = layer(z, u)
+        return self.readout(z), None
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of scalar parameters."""
+        return count_parameters(self, trainable_only)
+
+
+def zeros_state(u: State) -> State:
+    """Zeros shaped like ``u`` (a tensor or tuple of tensors)."""
+    if isinstance(u, tuple):
+        return tuple(torch.zeros_like(t) for t in u)
+    return torch.zeros_like(u)

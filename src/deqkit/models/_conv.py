@@ -1,0 +1,266 @@
+"""Small multiscale convolutional DEQ classifier (in the spirit of MDEQ) and its explicit twin."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._base import (
+    EquilibriumModel,
+    ExplicitModel,
+    State,
+    check_groups,
+    check_int,
+    check_positive,
+    spectral_normalise,
+    zeros_state,
+)
+
+__all__ = ["DEQConv", "ExplicitConv", "MultiscaleCell", "MultiscaleInjection", "PoolHead"]
+
+
+def _parts(z: State) -> tuple[Tensor, ...]:
+    return z if isinstance(z, tuple) else (z,)
+
+
+def _pack(parts: Sequence[Tensor]) -> State:
+    return tuple(parts) if len(parts) > 1 else parts[0]
+
+
+def _half(n: int) -> int:
+    """Output size of a 3-wide, stride-2, padding-1 convolution."""
+    return (n - 1) // 2 + 1
+
+
+def _check_channels(channels: Sequence[int], groups: int) -> tuple[int, ...]:
+    channels = tuple(channels)
+    if len(channels) not in (1, 2):
+        raise ValueError(
+            f"channels must hold one or two resolutions' widths, got {len(channels)}: {channels}"
+        )
+    for c in channels:
+        check_int("channels entries", c)
+        check_groups(groups, c)
+    return channels
+
+
+class MultiscaleInjection(nn.Module):
+    """``u_i = conv_i(x)`` at every resolution ``i`` (3-wide, stride ``2^i``, with bias).
+
+    Maps ``[N, in_channels, H, W]`` to ``[N, c_0, H, W]`` and, with two resolutions, also
+    ``[N, c_1, ceil(H/2), ceil(W/2)]`` (returned as a tuple).
+    """
+
+    def __init__(self, in_channels: int, channels: Sequence[int]):
+        super().__init__()
+        self.in_channels = in_channels
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels, c, kernel_size=3, stride=2**i, padding=1)
+            for i, c in enumerate(channels)
+        )
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``[N, in_channels, H, W]``."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must be [N, C, H, W] with C = in_channels = {self.in_channels}, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor) -> State:
+        self.check_input(x)
+        return _pack([conv(x) for conv in self.convs])
+
+
+class _Branch(nn.Module):
+    """MDEQ residual block with injection: ``relu(gn(gn(conv(relu(gn(conv z)))) + u) + z))``."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.norm3 = nn.GroupNorm(groups, channels)
+
+    def forward(self, z: Tensor, u: Tensor) -> Tensor:
+        h = F.relu(self.norm1(self.conv1(z)))
+        h = self.norm2(self.conv2(h) + u)
+        return F.relu(self.norm3(h + z))
+
+
+class MultiscaleCell(nn.Module):
+    r"""MDEQ-style cell on one or two resolutions, group-normalised, with input injection.
+
+    Each resolution runs a residual block into which its injection ``u_i`` is added; with
+    two resolutions each branch is then averaged with the other one resampled to its size,
+    upsampled (1x1 conv, group norm, nearest) or downsampled (3-wide stride-2 conv, group
+    norm):
+
+    .. math:: b_i = \mathrm{block}_i(z_i, u_i), \quad
+              z_0' = \tfrac12 (b_0 + \mathrm{up}(b_1)), \quad
+              z_1' = \tfrac12 (b_1 + \mathrm{down}(b_0))
+
+    The state is a tensor (one resolution) or a tuple of two tensors. The convolutions
+    start at ``init_scale`` times PyTorch's default initialisation: small residual
+    branches, as in MDEQ, so that the solve converges at initialisation (with the default,
+    Anderson reaches ``1e-4`` in about 15-25 steps on 28x28 and 8x8 inputs). Averaging,
+    rather than a group norm and relu after the sum, keeps the fusion from amplifying
+    small differences on tiny grids (a 4x4 coarse branch of an 8x8 image).
+
+    Args:
+        channels: Width of each resolution, one or two entries, finest first. Default
+            ``(16, 32)``.
+        groups: Group-norm groups, dividing every width. Default ``4``.
+        init_scale: Factor on the initial convolution weights, > 0. Default ``0.2``.
+
+    Raises:
+        ValueError: a bad argument, named in the message.
+    """
+
+    def __init__(
+        self, channels: Sequence[int] = (16, 32), groups: int = 4, init_scale: float = 0.2
+    ):
+        super().__init__()
+        channels = _check_channels(channels, groups)
+        check_positive("init_scale", init_scale)
+        self.branches = nn.ModuleList(_Branch(c, groups) for c in channels)
+        if len(channels) == 2:
+            c0, c1 = channels
+            self.down = nn.Sequential(
+                nn.Conv2d(c0, c1, 3, stride=2, padding=1, bias=False), nn.GroupNorm(groups, c1)
+            )
+            self.up = nn.Sequential(nn.Conv2d(c1, c0, 1, bias=False), nn.GroupNorm(groups, c0))
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.weight.mul_(init_scale)
+
+    def forward(self, z: State, u: State) -> State:
+        parts = zip(self.branches, _parts(z), _parts(u), strict=True)
+        b = [branch(zi, ui) for branch, zi, ui in parts]
+        if len(b) == 1:
+            return b[0]
+        up = F.interpolate(self.up(b[1]), size=b[0].shape[-2:], mode="nearest")
+        return 0.5 * (b[0] + up), 0.5 * (b[1] + self.down(b[0]))
+
+    def initial_state(self, u: State) -> State:
+        """Zeros shaped like the injection ``u``."""
+        return zeros_state(u)
+
+
+class PoolHead(nn.Module):
+    """Global average pool of every resolution, concatenated, then a linear layer."""
+
+    def __init__(self, channels: Sequence[int], num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(sum(channels), num_classes)
+
+    def forward(self, z: State) -> Tensor:
+        return self.linear(torch.cat([t.mean(dim=(-2, -1)) for t in _parts(z)], dim=1))
+
+
+def _parts_of(in_channels: int, num_classes: int, channels: Sequence[int], groups: int):
+    check_int("in_channels", in_channels)
+    check_int("num_classes", num_classes)
+    channels = _check_channels(channels, groups)
+    return channels, MultiscaleInjection(in_channels, channels), PoolHead(channels, num_classes)
+
+
+class DEQConv(EquilibriumModel):
+    r"""Small multiscale convolutional DEQ image classifier (MDEQ-like, Bai et al. 2020).
+
+    .. math:: u = (\mathrm{conv}_0(x), \mathrm{conv}_1(x)), \quad z^* = f(z^*, u), \quad
+              \mathrm{logits} = V\,[\mathrm{avgpool}(z^*_0); \mathrm{avgpool}(z^*_1)] + c
+
+    with ``f`` a :class:`MultiscaleCell`. Sized for ``1 x 28 x 28`` digits (MNIST) and also
+    ``1 x 8 x 8`` ones (scikit-learn digits); any ``H, W`` works.
+
+    Args:
+        in_channels: Input channels. Default ``1``.
+        num_classes: Output classes. Default ``10``.
+        channels: Width per resolution, one or two entries, finest first. Default
+            ``(16, 32)`` (full and half resolution).
+        groups: Group-norm groups, dividing every width. Default ``4``.
+        spectral_norm: Spectral-normalise every convolution of the cell. The norms and the
+            residual connection can still expand, so a contraction is not guaranteed.
+            Default ``False``.
+        deq_kwargs: DEQ settings as a dict. Default ``None`` (the :class:`~deqkit.DEQ`
+            defaults).
+        **deq_settings: The same settings as keywords.
+
+    Call:
+        ``logits [N, num_classes], info = model(x [N, in_channels, H, W])``; the state is a
+        tensor (one resolution) or a tuple of two tensors.
+
+    Raises:
+        ValueError: a bad argument, named in the message.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        *,
+        channels: Sequence[int] = (16, 32),
+        groups: int = 4,
+        spectral_norm: bool = False,
+        deq_kwargs: dict[str, Any] | None = None,
+        **deq_settings: Any,
+    ):
+        channels, injection, head = _parts_of(in_channels, num_classes, channels, groups)
+        cell = MultiscaleCell(channels, groups)
+        if spectral_norm:
+            spectral_normalise(cell)
+        super().__init__(injection, cell, head, deq_kwargs=deq_kwargs, **deq_settings)
+        self.channels = channels
+
+    def initial_state(self, x: Tensor) -> State:
+        """Zeros ``[N, c_0, H, W]`` (and ``[N, c_1, ceil(H/2), ceil(W/2)]``), no projection."""
+        self.injection.check_input(x)
+        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        parts = [x.new_zeros(n, self.channels[0], h, w)]
+        if len(self.channels) == 2:
+            parts.append(x.new_zeros(n, self.channels[1], _half(h), _half(w)))
+        return _pack(parts)
+
+
+class ExplicitConv(ExplicitModel):
+    r"""Explicit twin of :class:`DEQConv`: ``depth`` untied :class:`MultiscaleCell`\ s.
+
+    .. math:: z_0 = 0, \quad z_{i+1} = f_i(z_i, u), \quad
+              \mathrm{logits} = \mathrm{head}(z_{\mathrm{depth}})
+
+    Same injection (into every layer), cell size and head as the DEQConv; parameters: the
+    DEQConv's plus ``depth - 1`` further cells.
+
+    Args:
+        in_channels: Input channels. Default ``1``.
+        num_classes: Output classes. Default ``10``.
+        channels: Width per resolution, one or two entries. Default ``(16, 32)``.
+        groups: Group-norm groups. Default ``4``.
+        depth: Number of cells, >= 1. Default ``4``.
+
+    Call:
+        ``logits [N, num_classes], None = model(x)``.
+
+    Raises:
+        ValueError: a bad argument, named in the message.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        *,
+        channels: Sequence[int] = (16, 32),
+        groups: int = 4,
+        depth: int = 4,
+    ):
+        check_int("depth", depth)
+        channels, injection, head = _parts_of(in_channels, num_classes, channels, groups)
+        super().__init__(injection, [MultiscaleCell(channels, groups) for _ in range(depth)], head)
