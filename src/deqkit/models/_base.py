@@ -78,25 +78,9 @@ def merge_deq_settings(
     return {**defaults, **given, **explicit}
 
 
-def spectral_normalise(cell: nn.Module, warmup: int = 100) -> nn.Module:
-    """:func:`deqkit.nn.apply_spectral_norm` on ``cell``, then ``warmup`` power iterations.
-
-    PyTorch's spectral norm runs 15 power iterations at registration and one per training
-    forward; for a random matrix, whose top singular values are close, that leaves
-    ``sigma`` underestimated by up to a few percent, so ``||W / sigma||_2`` exceeds 1. The
-    warm-up converges the singular vectors once (about 20 ms at width 64); afterwards one
-    iteration per forward tracks the slowly changing weights.
-    """
-    apply_spectral_norm(cell)
-    was_training = cell.training
-    cell.train()
-    with torch.no_grad():
-        for m in cell.modules():
-            if parametrize.is_parametrized(m, "weight"):
-                for _ in range(warmup):
-                    m.weight  # noqa: B018 (each access in train mode is a power iteration)
-    cell.train(was_training)
-    return cell
+def spectral_normalise(cell: nn.Module) -> nn.Module:
+    """:func:`deqkit.nn.apply_spectral_norm` on ``cell`` (with its power-iteration warm-up)."""
+    return apply_spectral_norm(cell)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
