@@ -1,0 +1,345 @@
+"""The ``deqkit`` command line: train, eval, sweep, solve-bench, mem-bench, demo.
+
+Each subcommand maps its flags onto the library's config objects and calls library code;
+no library function sees an ``argparse`` namespace. A user error (bad flag, bad value,
+missing file, missing optional package) prints one line, ``deqkit: error: ...``, and exits
+with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"deqkit: error: {message} (see {self.prog} --help)\n")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    return value
+
+
+def _value(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, true/false, lists, dicts), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = _value(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+_TRAIN_FLAGS = {
+    "task": str,
+    "difficulty": int,
+    "model": str,
+    "mode": str,
+    "solver": str,
+    "tol": float,
+    "max_iter": int,
+    "backward": str,
+    "steps": int,
+    "batch_size": int,
+    "lr": float,
+    "seed": int,
+    "device": str,
+    "amp": str,
+    "out_dir": str,
+}
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig, load_config
+
+    base = load_config(args.config).to_dict() if args.config else {}
+    for name in _TRAIN_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            base[name] = value
+    if args.width is not None:
+        base["model_kwargs"] = {**base.get("model_kwargs", {}), "width": args.width}
+    if args.eval_difficulties is not None:
+        base["eval_difficulties"] = args.eval_difficulties
+    base.update(_settings(args.set))
+    return TrainConfig.from_dict(base)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    result = train(_train_config(args), resume=args.resume, progress=not args.no_progress)
+    for record in result.eval:
+        print(json.dumps(record))
+    print(f"run folder: {result.out_dir}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a config file and/or flags",
+        description="Train a model. Flags override the config file; --set KEY=VALUE sets any "
+        "TrainConfig field (values parsed as JSON, e.g. --set model_kwargs='{\"width\": 64}').",
+    )
+    p.add_argument("--config", help="a .json or .toml TrainConfig file")
+    for name, kind in _TRAIN_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    p.add_argument("--width", type=int, default=None, help="model width (model_kwargs.width)")
+    p.add_argument("--eval-difficulties", type=_ints, default=None, help="e.g. 16,32,64")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+# ----------------------------------------------------------------------------- eval, sweep
+
+
+def _load(path: str):
+    from .train import load_checkpoint
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return load_checkpoint(path)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate
+
+    model, config, _ = _load(args.checkpoint)
+    out = evaluate(model, config, args.difficulty, args.n, max_iter=args.max_iter, tol=args.tol)
+    print(json.dumps(out))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score a checkpoint at any difficulty and solver budget")
+    p.add_argument("checkpoint", help="path to checkpoint.pt")
+    p.add_argument("--difficulty", type=_positive_int, default=None, help="e.g. 64 (bits)")
+    p.add_argument("--n", type=_positive_int, default=None, help="number of test samples")
+    p.add_argument("--max-iter", type=_positive_int, default=None, help="solver budget")
+    p.add_argument("--tol", type=float, default=None, help="solver tolerance")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments import sweep
+
+    model, config, _ = _load(args.checkpoint)
+    out = sweep(
+        model,
+        config,
+        difficulties=args.difficulties,
+        iterations=args.iterations,
+        n=args.n,
+        out_dir=args.out,
+        method=args.solver,
+    )
+    print(out.table)
+    print(f"wrote {', '.join(str(p) for p in out.files)}")
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="test-time compute curve of a checkpoint: accuracy against iterations"
+    )
+    p.add_argument("checkpoint", help="path to checkpoint.pt")
+    p.add_argument("--difficulties", type=_ints, default=None, help="e.g. 16,32,64,128")
+    p.add_argument(
+        "--iterations", type=_ints, default=[1, 2, 5, 10, 20, 50, 100], help="solver budgets"
+    )
+    p.add_argument("--n", type=_positive_int, default=500, help="samples per difficulty")
+    p.add_argument("--solver", default=None, help="solver (default: the model's)")
+    p.add_argument("--out", default=None, help="output folder (default: next to checkpoint)")
+    p.set_defaults(func=_cmd_sweep)
+
+
+# ------------------------------------------------------------------------------ benchmarks
+
+
+def _cmd_solve_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    with_torchdeq = bench.torchdeq_available()
+    if not with_torchdeq:
+        print(
+            "torchdeq is not installed: only deqkit's solvers run. "
+            "Install it with: pip install 'deqkit[bench]'",
+            file=sys.stderr,
+        )
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
+    config = bench.BenchConfig(
+        problems=bench.default_problems(quick=args.quick),
+        repeats=repeats,
+        include_torchdeq=with_torchdeq,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    rows = bench.run_solver_benchmark(config)
+    targets = bench.check_targets(rows)
+    print(bench.format_table(rows))
+    print()
+    print("\n".join(targets))
+    paths = bench.write_report(rows, targets, config, args.out)
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _add_solve_bench(sub) -> None:
+    p = sub.add_parser("solve-bench", help="our solvers against torchdeq's, side by side")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="default 7 (2 quick)")
+    p.add_argument("--quick", action="store_true", help="small problems")
+    p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_solve_bench)
+
+
+def _cmd_mem_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .bench.memory import rows_to_json
+
+    cfg = bench.MemoryConfig(
+        iterations=tuple(args.iterations),
+        width=args.width,
+        batch=args.batch,
+        repeats=args.repeats,
+        device=args.device,
+        include_torchdeq=bench.torchdeq_available(),
+    )
+    rows = bench.run_memory_benchmark(cfg)
+    table = bench.format_memory_table(rows)
+    targets = bench.check_memory_targets(rows)
+    print(table + "\n\n" + "\n".join(targets))
+    out = Path(args.out)
+    files = [
+        rows_to_json(rows, out / "mem_bench.json"),
+        bench.plot_memory(rows, out / "mem_bench.png"),
+    ]
+    from .utils import atomic_write_text
+
+    files.append(
+        atomic_write_text(out / "mem_bench.md", table + "\n\n" + "\n".join(targets) + "\n")
+    )
+    print(f"\nwrote {', '.join(files)}")
+    return 0
+
+
+def _add_mem_bench(sub) -> None:
+    p = sub.add_parser("mem-bench", help="peak memory of a training step against iterations")
+    p.add_argument("--iterations", type=_ints, default=[5, 10, 20, 40, 80])
+    p.add_argument("--width", type=_positive_int, default=256)
+    p.add_argument("--batch", type=_positive_int, default=64)
+    p.add_argument("--repeats", type=_positive_int, default=5)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
+    p.set_defaults(func=_cmd_mem_bench)
+
+
+# ------------------------------------------------------------------------------------ demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    overrides = {k: v for k, v in vars(args).items() if k in DemoConfig.fields() and v is not None}
+    report = run_demo(DemoConfig(**overrides))
+    print(f"\nreport: {report}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train a small DEQ on prefix sums and write a report (the main job)",
+        description="Train a small DEQ recall network on short strings, measure the test-time "
+        "compute curve on longer ones, compare solvers at its fixed points, measure spectral "
+        "radius/norm and path independence, and write report.html/report.md.",
+    )
+    p.add_argument("--task", default=None, choices=["prefix_sums", "mazes"])
+    p.add_argument("--width", type=_positive_int, default=None)
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps")
+    p.add_argument("--backward", default=None, choices=["implicit", "phantom", "unrolled"])
+    p.add_argument(
+        "--max-budget",
+        dest="max_budget",
+        type=_positive_int,
+        default=None,
+        help="largest solver budget of the compute curve",
+    )
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", dest="out_dir", default=None, help="report folder")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="a tiny run that checks the pipeline end to end",
+    )
+    p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``deqkit`` argument parser (exposed for documentation and tests)."""
+    parser = _Parser(prog="deqkit", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_train, _add_eval, _add_sweep, _add_solve_bench, _add_mem_bench, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``deqkit`` command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"deqkit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
