@@ -163,7 +163,7 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .experiments import sweep
+    from .study import sweep
 
     model, config, _ = _load(args.checkpoint)
     out = sweep(
