@@ -21,6 +21,8 @@ test: lint
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| echo "test-slow: chromium not installable; the report-rendering test will skip"
 	$(PY) -m pytest -m slow
 
 demo: $(STAMP)
@@ -28,7 +30,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q torchdeq==0.1.0 || echo "bench: torchdeq not installable; its columns are skipped"
-	$(PY) benchmarks/solver_bench.py
+	$(PY) benchmarks/solver_bench.py --threads 1
+	$(PY) benchmarks/memory_bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
