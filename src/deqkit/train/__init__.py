@@ -1,0 +1,25 @@
+"""Training deep equilibrium models: a config dataclass in, a run folder out.
+
+``train(TrainConfig(...))`` runs the loop (single process, or data-parallel under
+``torchrun``), writing ``config.json``, ``metrics.jsonl``, ``metrics.csv``, ``eval.csv`` and
+``checkpoint.pt`` to the run folder; ``train(config, resume=True)`` continues it exactly.
+:func:`evaluate` scores a model with a chosen solver budget, :func:`load_checkpoint`
+rebuilds one from its checkpoint. ``python -m deqkit.train --config cfg.toml`` is the
+command-line entry.
+"""
+
+from ._config import RESUMABLE_FIELDS, TrainConfig, load_config
+from ._loop import StepEvent, TrainResult, load_checkpoint, train
+from ._model import evaluate, model_from_config
+
+__all__ = [
+    "RESUMABLE_FIELDS",
+    "StepEvent",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "load_checkpoint",
+    "load_config",
+    "model_from_config",
+    "train",
+]

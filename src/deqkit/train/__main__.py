@@ -1,0 +1,133 @@
+"""``python -m deqkit.train``: run :func:`deqkit.train.train` from a config file.
+
+Examples::
+
+    python -m deqkit.train --config cfg.toml --out-dir runs/ps16
+    python -m deqkit.train --config cfg.toml --set lr=3e-4 --set model_kwargs='{"width": 64}'
+    python -m deqkit.train --resume runs/ps16 --steps 20000
+    torchrun --nproc_per_node=4 -m deqkit.train --config cfg.toml
+
+The flags only build a :class:`~deqkit.train.TrainConfig`; the library never sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._config import TrainConfig, load_config
+from ._files import CONFIG
+from ._loop import train
+
+__all__ = ["main"]
+
+_SHORTCUTS = {
+    "out_dir": str,
+    "steps": int,
+    "epochs": int,
+    "batch_size": int,
+    "lr": float,
+    "seed": int,
+    "device": str,
+    "amp": str,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m deqkit.train",
+        description="Train a deep equilibrium model from a TrainConfig file (JSON or TOML).",
+    )
+    p.add_argument("--config", type=Path, help="config file (.json or .toml)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run from its checkpoint.pt; with RUN_DIR and no --config, the "
+        "config is read from RUN_DIR/config.json",
+    )
+    for name, kind in _SHORTCUTS.items():
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            default=None,
+            metavar=name.upper(),
+            help=f"set the config's {name}",
+        )
+    p.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the model's cell f"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field; VALUE is parsed as JSON, else taken as a string",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` that parsed flags describe."""
+    base: dict[str, Any] = {}
+    run_dir = args.resume if isinstance(args.resume, str) else None
+    if args.config is not None:
+        base = load_config(args.config).to_dict()
+    elif run_dir is not None:
+        base = load_config(Path(run_dir) / CONFIG).to_dict()
+    else:
+        raise ValueError("give --config FILE, or --resume RUN_DIR to continue a run")
+    if run_dir is not None:
+        base["out_dir"] = run_dir
+    for name in _SHORTCUTS:
+        if getattr(args, name) is not None:
+            base[name] = getattr(args, name)
+    if args.compile:
+        base["compile"] = True
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        base[key.strip()] = _value(text)
+    return TrainConfig.from_dict(base)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, train, print where the run went. Returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        result = train(config, resume=args.resume is not None, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    if result.eval:
+        for r in result.eval:
+            where = f"difficulty {r['difficulty']}" if r["difficulty"] is not None else "test"
+            print(f"step {result.step}: {where}: accuracy {r['accuracy']:.4f}", file=sys.stderr)
+    print(result.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""The training configuration: one frozen dataclass, validated where it is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..nn import DEQ
+
+__all__ = ["RESUMABLE_FIELDS", "TrainConfig", "load_config"]
+
+PROCEDURAL_TASKS = ("prefix_sums", "mazes")
+DATASET_TASKS = ("digits", "mnist_subset", "mnist1d", "mnist", "fashion_mnist", "cifar10")
+LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+TASKS = PROCEDURAL_TASKS + DATASET_TASKS
+DEFAULT_DIFFICULTY = {"prefix_sums": 16, "mazes": 9}
+MIN_DIFFICULTY = {"prefix_sums": 1, "mazes": 2}
+DEFAULT_MODEL = {
+    "prefix_sums": "recall1d",
+    "mazes": "recall2d",
+    "digits": "deq_conv",
+    "mnist_subset": "deq_conv",
+    "mnist": "deq_conv",
+    "fashion_mnist": "deq_conv",
+    "cifar10": "deq_conv",
+    "mnist1d": "deq_mlp",
+}
+DEFAULT_STEPS = 1000
+DEFAULT_EVAL_SIZE = 1000
+MODES = ("deq", "recurrent")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+AMP = ("none", "bf16")
+DTYPES = ("float32", "float64")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+
+# Fields a resumed run may change: they do not alter the optimisation trajectory up to the
+# checkpoint (``steps`` and ``epochs`` do change a cosine schedule from there on).
+RESUMABLE_FIELDS = frozenset(
+    {
+        "steps",
+        "epochs",
+        "eval_every",
+        "eval_size",
+        "eval_batch_size",
+        "eval_difficulties",
+        "checkpoint_every",
+        "log_every",
+        "out_dir",
+        "device",
+        "compile",
+        "dist_backend",
+    }
+)
+
+# Settings of the DEQ solve; in recurrent mode they must stay at their defaults (only
+# ``max_iter`` is used there, as the evaluation iteration count).
+_SOLVER_FIELDS = (
+    "solver",
+    "solver_options",
+    "tol",
+    "stop",
+    "backward",
+    "backward_options",
+    "backward_solver",
+    "backward_tol",
+    "backward_max_iter",
+    "jac_penalty",
+    "jac_samples",
+)
+_RECURRENT_FIELDS = ("train_iters", "progressive_alpha")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; ``train(config)`` is reproducible from it alone.
+
+    Build it directly, with :meth:`from_dict`, or from a JSON or TOML file with
+    :func:`load_config`. Every field is checked in ``__post_init__``; a bad value raises
+    ``ValueError`` (or ``TypeError``) naming the field. ``dataclasses.replace(config, ...)``
+    re-validates.
+
+    Task:
+        task: ``"prefix_sums"`` or ``"mazes"`` (procedural: a fresh batch every step),
+            ``"digits"``, ``"mnist_subset"``, ``"mnist1d"`` (installed data sets), or
+            ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` (files under ``data_root``).
+            Default ``"prefix_sums"``.
+        difficulty: Training difficulty of a procedural task: string length for prefix sums
+            (default 16), cells per side ``k`` for mazes (default 9). ``None`` for data sets.
+        eval_difficulties: Difficulties to evaluate at (procedural tasks); default
+            ``(difficulty,)``. Must be ``None`` for data sets, which use their test split.
+        data_root: Folder of the file data sets; ``None`` otherwise.
+
+    Model:
+        model: Name for :func:`deqkit.models.build_model`, or ``"package.module:factory"``
+            for a model of your own (called with ``model_kwargs``). Default per task:
+            ``recall1d`` (prefix sums), ``recall2d`` (mazes), ``deq_conv`` (image data
+            sets), ``deq_mlp`` (mnist1d).
+        model_kwargs: Keyword arguments of the model builder (``width``, ...). Input
+            channels and class counts are filled in from the task where the builder takes
+            them and they are not given. Default ``{}``.
+        dtype: ``"float32"`` (default) or ``"float64"``, for the parameters and inputs.
+
+    Solver (``mode="deq"``): each setting given here is passed to every call of the model's
+    DEQ as an override; ``None`` (the default for all) keeps the model's own setting (e.g.
+    ``monotone_mlp`` solves with picard, 100 evaluations; the others with the
+    :class:`~deqkit.DEQ` defaults: anderson, ``tol=1e-4``, 30 evaluations, implicit
+    gradient).
+        mode: ``"deq"`` (solve for the fixed point, implicit/phantom/unrolled gradient) or
+            ``"recurrent"`` (a fixed number of weight-tied iterations trained with
+            :func:`deqkit.models.progressive_loss`). Default ``"deq"``.
+        solver: Forward solver name (``"anderson"``, ``"picard"``, ``"broyden"``, ...).
+        solver_options: Forward solver hyperparameters, e.g. ``{"m": 6}``.
+        tol: Forward tolerance.
+        max_iter: Forward budget in deq mode; in recurrent mode the number of iterations
+            run at evaluation (default ``train_iters``).
+        stop: ``"rel"`` or ``"abs"``.
+        backward: ``"implicit"``, ``"phantom"`` or ``"unrolled"``.
+        backward_options: Phantom ``k``/``tau`` or the adjoint solver's hyperparameters.
+        backward_solver, backward_tol, backward_max_iter: Adjoint solve (implicit only).
+        jac_penalty: Weight ``gamma`` of the Jacobian penalty
+            ``gamma * mean(jacobian_frobenius(f, z*))``; ``0`` (default) turns it off.
+        jac_samples: Hutchinson probes per step for the penalty. Default ``1``.
+        train_iters: Iterations of the recurrent run (recurrent mode). Default ``30``.
+        progressive_alpha: Weight of the progressive term (recurrent mode), in ``[0, 1]``.
+            Default ``0.5``.
+
+    Optimisation:
+        optimizer: ``"adam"``, ``"adamw"`` (default) or ``"sgd"``.
+        lr: Peak learning rate, > 0. Default ``1e-3``.
+        weight_decay: >= 0. Default ``0.0``.
+        momentum: SGD momentum in ``[0, 1)``; must be ``0`` for Adam(W). Default ``0.0``.
+        schedule: ``"cosine"`` (default; to 0 at the last step) or ``"constant"``, after a
+            linear warm-up of ``warmup_steps`` steps (default ``0``).
+        grad_clip: Clip the global gradient norm to this value; ``None`` (default): no clip.
+        steps: Optimiser steps; default 1000, or ``epochs`` times the steps per epoch for a
+            data set. Giving both ``steps`` and ``epochs`` is an error.
+        epochs: Passes over a data set's training split (data sets only). Default ``None``.
+        batch_size: Global batch size (split evenly over data-parallel ranks). Default ``64``.
+
+    Logging, evaluation, checkpoints:
+        log_every: Write a metrics record every this many steps (and at the last). Default 1.
+        eval_every: Evaluate every this many steps; ``None`` (default): at the end only.
+        eval_size: Evaluation samples per difficulty; default 1000 for procedural tasks and
+            the whole test split for data sets.
+        eval_batch_size: Evaluation batch size; default ``batch_size``.
+        checkpoint_every: Save ``checkpoint.pt`` every this many steps; ``None`` (default):
+            at the end (and on Ctrl-C) only.
+
+    Run:
+        seed: Seeds the model initialisation, the data stream and every step's randomness.
+            Default ``0``.
+        out_dir: Run folder; it must not exist or be empty (unless resuming). Default
+            ``runs/{task}-{model}-{mode}-seed{seed}``.
+        device: ``"auto"`` (default: CUDA if available), ``"cpu"`` or ``"cuda"``.
+        amp: ``"none"`` (default) or ``"bf16"`` (autocast the forward in bfloat16; solver
+            state stays float32).
+        compile: ``torch.compile`` the model's cell ``f`` in place. Default ``False``.
+        dist_backend: Process-group backend under ``torchrun``: ``"auto"`` (default: nccl on
+            CUDA, gloo on CPU), ``"gloo"`` or ``"nccl"``.
+    """
+
+    task: str = "prefix_sums"
+    difficulty: int | None = None
+    eval_difficulties: tuple[int, ...] | None = None
+    data_root: str | None = None
+    model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    mode: str = "deq"
+    solver: str | None = None
+    solver_options: dict[str, Any] | None = None
+    tol: float | None = None
+    max_iter: int | None = None
+    stop: str | None = None
+    backward: str | None = None
+    backward_options: dict[str, Any] | None = None
+    backward_solver: str | None = None
+    backward_tol: float | None = None
+    backward_max_iter: int | None = None
+    jac_penalty: float = 0.0
+    jac_samples: int = 1
+    train_iters: int = 30
+    progressive_alpha: float = 0.5
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 64
+    log_every: int = 1
+    eval_every: int | None = None
+    eval_size: int | None = None
+    eval_batch_size: int | None = None
+    checkpoint_every: int | None = None
+    seed: int = 0
+    out_dir: str | None = None
+    device: str = "auto"
+    amp: str = "none"
+    compile: bool = False
+    dist_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise in place once, here
+        for name in ("model_kwargs", "solver_options", "backward_options"):
+            value = getattr(self, name)
+            if value is None and name != "model_kwargs":
+                continue
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise TypeError(f"{name} must be a dict with string keys, got {value!r}")
+            set_(self, name, dict(value))
+        if self.eval_difficulties is not None:
+            if isinstance(self.eval_difficulties, str | bytes) or not hasattr(
+                self.eval_difficulties, "__iter__"
+            ):
+                raise TypeError(
+                    f"eval_difficulties must be a list of ints, got {self.eval_difficulties!r}"
+                )
+            set_(self, "eval_difficulties", tuple(self.eval_difficulties))
+        for name in ("lr", "weight_decay", "momentum", "jac_penalty", "progressive_alpha"):
+            if _is_int(getattr(self, name)):
+                set_(self, name, float(getattr(self, name)))
+        for name in ("tol", "backward_tol", "grad_clip"):
+            if _is_int(getattr(self, name)):
+                set_(self, name, float(getattr(self, name)))
+        if self.out_dir is not None and isinstance(self.out_dir, Path):
+            set_(self, "out_dir", str(self.out_dir))
+        self._validate()
+
+    def _validate(self) -> None:
+        _choice("task", self.task, TASKS)
+        procedural = self.task in PROCEDURAL_TASKS
+        if procedural:
+            _opt_int("difficulty", self.difficulty, MIN_DIFFICULTY[self.task])
+            for d in self.eval_difficulties or ():
+                _int(f"eval_difficulties entry for {self.task}", d, MIN_DIFFICULTY[self.task])
+            if self.eval_difficulties is not None and not self.eval_difficulties:
+                raise ValueError("eval_difficulties must not be empty (None means (difficulty,))")
+            if self.epochs is not None:
+                raise ValueError(
+                    f"epochs applies to data sets only; {self.task!r} draws a fresh batch every "
+                    "step: set steps instead"
+                )
+        else:
+            for name in ("difficulty", "eval_difficulties"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name} applies to prefix_sums and mazes only, got {name}="
+                        f"{getattr(self, name)!r} for task {self.task!r}"
+                    )
+        if (self.task in LOCAL_DATASETS) != (self.data_root is not None):
+            need = "requires" if self.task in LOCAL_DATASETS else "does not take"
+            raise ValueError(f"task {self.task!r} {need} data_root (got {self.data_root!r})")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ValueError(f"model must be a non-empty string or None, got {self.model!r}")
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("mode", self.mode, MODES)
+        self._validate_solver()
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _real("lr", self.lr, low=0.0, low_open=True)
+        _real("weight_decay", self.weight_decay, low=0.0)
+        _real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        if self.optimizer != "sgd" and self.momentum != 0.0:
+            raise ValueError(f"momentum applies to optimizer='sgd' only, got {self.momentum!r}")
+        _choice("schedule", self.schedule, SCHEDULES)
+        _int("warmup_steps", self.warmup_steps, 0)
+        if self.grad_clip is not None:
+            _real("grad_clip", self.grad_clip, low=0.0, low_open=True)
+        _opt_int("steps", self.steps, 1)
+        _opt_int("epochs", self.epochs, 1)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(
+                f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})"
+            )
+        _int("batch_size", self.batch_size, 1)
+        _int("log_every", self.log_every, 1)
+        for name in ("eval_every", "eval_size", "eval_batch_size", "checkpoint_every"):
+            _opt_int(name, getattr(self, name), 1)
+        _int("seed", self.seed, 0)
+        if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
+            raise ValueError(f"out_dir must be a non-empty path or None, got {self.out_dir!r}")
+        _choice("device", self.device, DEVICES)
+        _choice("amp", self.amp, AMP)
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be a bool, got {self.compile!r}")
+        _choice("dist_backend", self.dist_backend, DIST_BACKENDS)
+        if self.compile and self.jac_penalty > 0:
+            raise ValueError(
+                "compile=True cannot be combined with jac_penalty > 0: the penalty "
+                "differentiates a vector-Jacobian product of f (double backward), which "
+                "torch.compile's AOTAutograd does not support"
+            )
+
+    def _validate_solver(self) -> None:
+        _opt_int("max_iter", self.max_iter, 1)
+        defaults = {f.name: f for f in dataclasses.fields(self)}
+
+        def default(name: str) -> Any:
+            f = defaults[name]
+            return (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
+
+        if self.mode == "recurrent":
+            changed = [n for n in _SOLVER_FIELDS if getattr(self, n) != default(n)]
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)} apply to mode='deq' only; mode='recurrent' runs "
+                    "train_iters weight-tied iterations (max_iter sets the evaluation count)"
+                )
+            _int("train_iters", self.train_iters, 1)
+            _real("progressive_alpha", self.progressive_alpha, low=0.0, high=1.0)
+            return
+        changed = [n for n in _RECURRENT_FIELDS if getattr(self, n) != default(n)]
+        if changed:
+            raise ValueError(f"{', '.join(changed)} apply to mode='recurrent' only")
+        _real("jac_penalty", self.jac_penalty, low=0.0)
+        _int("jac_samples", self.jac_samples, 1)
+        try:
+            # The DEQ validates its own settings; a throwaway layer checks them here, where
+            # the config is built, rather than at the first training step (settings left to
+            # the model are checked with the DEQ defaults in their place).
+            DEQ(_identity, **self.solver_overrides())
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"invalid solver settings: {err}") from err
+
+    def solver_overrides(self) -> dict[str, Any]:
+        """The DEQ settings given (not ``None``): overrides for every call in deq mode."""
+        names = (
+            "solver",
+            "solver_options",
+            "tol",
+            "max_iter",
+            "stop",
+            "backward",
+            "backward_options",
+            "backward_solver",
+            "backward_tol",
+            "backward_max_iter",
+        )
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    @property
+    def procedural(self) -> bool:
+        """Whether the task draws a fresh batch every step (prefix sums, mazes)."""
+        return self.task in PROCEDURAL_TASKS
+
+    @property
+    def model_name(self) -> str:
+        """``model``, or the task's default model."""
+        return self.model if self.model is not None else DEFAULT_MODEL[self.task]
+
+    @property
+    def train_difficulty(self) -> int | None:
+        """``difficulty``, or the task's default; ``None`` for data sets."""
+        if not self.procedural:
+            return None
+        return self.difficulty if self.difficulty is not None else DEFAULT_DIFFICULTY[self.task]
+
+    @property
+    def eval_levels(self) -> tuple[int | None, ...]:
+        """The difficulties evaluated: ``eval_difficulties`` or ``(train_difficulty,)``."""
+        if self.eval_difficulties is not None:
+            return self.eval_difficulties
+        return (self.train_difficulty,)
+
+    @property
+    def run_dir(self) -> Path:
+        """``out_dir``, or ``runs/{task}-{model}-{mode}-seed{seed}``."""
+        if self.out_dir is not None:
+            return Path(self.out_dir)
+        name = self.model_name.replace(":", "-").replace(".", "-").replace("/", "-")
+        return Path("runs") / f"{self.task}-{name}-{self.mode}-seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (tuples as lists); :meth:`from_dict` inverts it."""
+        out = dataclasses.asdict(self)
+        if out["eval_difficulties"] is not None:
+            out["eval_difficulties"] = list(out["eval_difficulties"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build a config from a dict; missing keys take their defaults.
+
+        Raises:
+            ValueError: If a key is not a field (all unknown keys are named), or a value is
+                invalid.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"config must be a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s): {', '.join(unknown)}; valid keys: "
+                f"{', '.join(sorted(names))}"
+            )
+        return cls(**data)
+
+    def with_overrides(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied and re-validated; unknown names raise ValueError."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a ``.json`` or ``.toml`` file (a flat table of fields).
+
+    Raises:
+        ValueError: Unknown suffix, unknown keys or invalid values.
+        FileNotFoundError: If ``path`` does not exist.
+    """
+    path = Path(path)
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+    elif path.suffix == ".toml":
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    else:
+        raise ValueError(f"config file must end in .json or .toml, got {str(path)!r}")
+    return TrainConfig.from_dict(data)
+
+
+def _identity(z, x):
+    return z
+
+
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _opt_int(name: str, value: Any, minimum: int) -> None:
+    if value is not None:
+        _int(name, value, minimum)
+
+
+def _real(
+    name: str,
+    value: Any,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")

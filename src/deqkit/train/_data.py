@@ -1,0 +1,148 @@
+"""Training and evaluation data as pure functions of (seed, step): resumable, shardable.
+
+Sample ``i`` of the global batch at step ``s`` depends only on ``(seed, s, i)``, never on
+the number of processes or on how often the run was interrupted. A data-parallel rank takes
+the contiguous slice ``[rank * b, (rank + 1) * b)`` of the global batch (``b`` the
+per-rank batch), so the union of the shards is exactly the batch a single process would see.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import tasks
+from ._config import DEFAULT_EVAL_SIZE, DEFAULT_STEPS, TrainConfig
+
+__all__ = ["Data", "mix_seed"]
+
+TRAIN_STREAM, EVAL_STREAM, STEP_STREAM, PERM_STREAM, LOSS_STREAM = 1, 2, 3, 4, 5
+_MASK = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """Hash integers into one 63-bit seed (splitmix64 chained); stable across platforms."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & _MASK)) & _MASK
+        h = (h + 0x9E3779B97F4A7C15) & _MASK
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK
+        h ^= h >> 31
+    return h >> 1
+
+
+class Data:
+    """The batches, evaluation sets and scoring of one task, as set by a :class:`TrainConfig`.
+
+    Procedural tasks draw sample ``i`` of step ``s`` from a generator seeded with
+    ``(seed, s, i)``. Data sets shuffle their training split once per epoch with a generator
+    seeded with ``(seed, epoch)`` and walk through it in global batches (the last partial
+    batch of an epoch is dropped).
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.task = config.task
+        self._perm: tuple[int, Tensor] | None = None
+        self._eval_cache: dict[tuple[int | None, int], tuple[Tensor, Tensor]] = {}
+        if config.procedural:
+            self.dataset = None
+            self.num_classes = 2
+        else:
+            self.dataset = tasks.load_dataset(config.task, root=config.data_root)
+            self.num_classes = self.dataset.num_classes
+            if len(self.dataset.y_train) < config.batch_size:
+                raise ValueError(
+                    f"batch_size={config.batch_size} exceeds the {len(self.dataset.y_train)} "
+                    f"training samples of {config.task!r}"
+                )
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Global batches per pass over a data set (``None`` for procedural tasks)."""
+        if self.dataset is None:
+            return None
+        return len(self.dataset.y_train) // self.config.batch_size
+
+    def total_steps(self) -> int:
+        """``steps``, else ``epochs * steps_per_epoch``, else 1000."""
+        c = self.config
+        if c.steps is not None:
+            return c.steps
+        if c.epochs is not None:
+            return c.epochs * self.steps_per_epoch
+        return DEFAULT_STEPS
+
+    def epoch(self, step: int) -> int | None:
+        """The epoch (from 0) that step ``step`` (from 0) belongs to; ``None`` if procedural."""
+        spe = self.steps_per_epoch
+        return None if spe is None else step // spe
+
+    def example_input(self) -> Tensor:
+        """One training input ``[1, ...]`` (for model shapes)."""
+        return self.batch(0, 0, 1)[0]
+
+    def batch(self, step: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Samples ``lo .. hi - 1`` of the global batch of step ``step`` (from 0), on CPU."""
+        c = self.config
+        if self.dataset is None:
+            make = tasks.prefix_sums if self.task == "prefix_sums" else tasks.mazes
+            diff = c.train_difficulty
+            parts = [
+                make(1, diff, seed=mix_seed(c.seed, TRAIN_STREAM, step, i)) for i in range(lo, hi)
+            ]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(mix_seed(c.seed, PERM_STREAM, epoch))
+            self._perm = (epoch, torch.randperm(len(self.dataset.y_train), generator=g))
+        start = offset * c.batch_size
+        idx = self._perm[1][start + lo : start + hi]
+        return self.dataset.x_train[idx], self.dataset.y_train[idx]
+
+    def eval_set(self, difficulty: int | None, n: int | None) -> tuple[Tensor, Tensor]:
+        """The fixed evaluation set at ``difficulty`` (the test split for data sets), on CPU.
+
+        Procedural sets are drawn once from a generator seeded with ``(seed, difficulty)``, so
+        every evaluation of a run (and of its checkpoints) sees the same samples.
+        """
+        c = self.config
+        if self.dataset is None:
+            if difficulty is None:
+                raise ValueError(f"task {self.task!r} needs an evaluation difficulty")
+            n = n if n is not None else (c.eval_size or DEFAULT_EVAL_SIZE)
+            key = (difficulty, n)
+            if key not in self._eval_cache:
+                make = tasks.prefix_sums if self.task == "prefix_sums" else tasks.mazes
+                seed = mix_seed(c.seed, EVAL_STREAM, difficulty)
+                self._eval_cache[key] = make(n, difficulty, seed=seed)
+            return self._eval_cache[key]
+        if difficulty is not None:
+            raise ValueError(
+                f"task {self.task!r} has no difficulty knob (got difficulty={difficulty!r}); "
+                "it is evaluated on its test split"
+            )
+        total = len(self.dataset.y_test)
+        n = n if n is not None else (c.eval_size or total)
+        return self.dataset.x_test[:n], self.dataset.y_test[:n]
+
+    def correct(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Per-sample correctness ``[n]`` (bool): exact match per string / maze, else top-1."""
+        if self.dataset is None:
+            return tasks.exact_match(logits, y)
+        return logits.argmax(dim=1) == y
+
+    def model_hints(self) -> dict[str, Any]:
+        """Shape facts a model builder may take: channels, features, classes, image size."""
+        x = self.example_input()
+        hints: dict[str, Any] = {
+            "in_channels": int(x.shape[1]),
+            "in_features": int(math.prod(x.shape[1:])),
+            "num_classes": self.num_classes,
+            "input_shape": tuple(int(s) for s in x.shape[1:]),
+        }
+        return hints

@@ -1,0 +1,123 @@
+"""Process-group setup under ``torchrun``, device choice, and the few collectives we need."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ._config import TrainConfig
+
+__all__ = ["Dist", "planned_world_size", "setup"]
+
+
+@dataclass
+class Dist:
+    """This process's place in the run: rank, world size, device, and who owns the group."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return tensor
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled; for small objects and checkpoints)."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self._object_device())
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _object_device(self) -> torch.device | None:
+        return self.device if dist.get_backend() == "nccl" else None
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def planned_world_size() -> int:
+    """The number of processes: the initialised group's, else ``WORLD_SIZE``, else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return _env_int("WORLD_SIZE") or 1
+
+
+def setup(config: TrainConfig) -> Dist:
+    """Join the process group if launched by ``torchrun`` (or one is already initialised).
+
+    ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with ``WORLD_SIZE > 1`` the
+    group is initialised from the environment (``MASTER_ADDR``/``MASTER_PORT``, which
+    ``torchrun`` also sets, single- or multi-node). The backend is ``nccl`` on CUDA and
+    ``gloo`` on CPU unless ``config.dist_backend`` says otherwise. On CUDA each process uses
+    ``cuda:LOCAL_RANK``.
+
+    Raises:
+        ValueError: ``device="cuda"`` without CUDA, ``nccl`` on CPU, or malformed variables.
+    """
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available")
+    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if dist.is_available() and dist.is_initialized():
+        rank, world, owns = dist.get_rank(), dist.get_world_size(), False
+        local = _env_int("LOCAL_RANK") or 0
+    else:
+        world = _env_int("WORLD_SIZE") or 1
+        rank = _env_int("RANK") or 0
+        local = _env_int("LOCAL_RANK") or 0
+        owns = world > 1
+    if use_cuda:
+        device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if owns:
+        backend = config.dist_backend
+        if backend == "auto":
+            backend = "nccl" if use_cuda else "gloo"
+        if backend == "nccl" and not use_cuda:
+            raise ValueError("dist_backend='nccl' needs CUDA; use 'gloo' on CPU")
+        dist.init_process_group(
+            backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(minutes=30),
+            device_id=device if use_cuda else None,
+        )
+    return Dist(rank, world, local, device, owns)

@@ -1,0 +1,193 @@
+"""What a run writes: checkpoints (atomically), the config, and the metrics logs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "EVAL_COLUMNS",
+    "MetricsLog",
+    "TRAIN_COLUMNS",
+    "get_rng_state",
+    "read_checkpoint",
+    "save_atomic",
+    "set_rng_state",
+    "write_text_atomic",
+]
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+EVAL_CSV = "eval.csv"
+FORMAT = 1
+
+TRAIN_COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "penalty",
+    "accuracy",
+    "iters_mean",
+    "iters_max",
+    "residual_mean",
+    "converged",
+    "backward_iters",
+    "grad_norm",
+    "lr",
+    "time",
+)
+EVAL_COLUMNS = (
+    "step",
+    "difficulty",
+    "n",
+    "loss",
+    "accuracy",
+    "iters_mean",
+    "iters_max",
+    "residual_mean",
+    "converged",
+    "max_iter",
+    "tol",
+    "time",
+)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write through ``write`` to a temporary file in ``path``'s folder, fsync, rename.
+
+    A crash or Ctrl-C mid-write leaves the previous file intact (``os.replace`` is atomic
+    within one file system). The file gets the usual permissions (``0o666`` less the umask),
+    not ``mkstemp``'s private ``0o600``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_atomic(obj: Any, path: Path) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (temporary file, then rename)."""
+    return _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (temporary file, then rename)."""
+    data = text.encode("utf-8")
+    return _atomic(path, lambda fh: fh.write(data))
+
+
+def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`deqkit.train.train` (``weights_only`` loading)."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a deqkit.train checkpoint (format {FORMAT})")
+    return state
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Torch (CPU and CUDA), NumPy and Python random states, in ``weights_only``-safe types."""
+    np_state = np.random.get_state()  # noqa: NPY002 (the global state user code draws from)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": _to_lists(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _to_lists(obj: Any) -> Any:
+    return [_to_lists(o) for o in obj] if isinstance(obj, tuple) else obj
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    return str(value)
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl`` (all), ``metrics.csv`` (train), ``eval.csv``.
+
+    Only the main process writes (``enabled``); every process keeps ``records``.
+    """
+
+    def __init__(self, folder: Path, records: list[dict[str, Any]], *, enabled: bool):
+        self.folder = folder
+        self.records = records
+        self.enabled = enabled
+        self.paths = {
+            "jsonl": folder / METRICS_JSONL,
+            "train": folder / METRICS_CSV,
+            "eval": folder / EVAL_CSV,
+        }
+
+    def rewrite(self) -> None:
+        """Write all three files afresh from ``records``, atomically (used on resume)."""
+        if not self.enabled:
+            return
+        write_text_atomic(self.paths["jsonl"], "".join(_json_line(r) for r in self.records))
+        for kind, columns in (("train", TRAIN_COLUMNS), ("eval", EVAL_COLUMNS)):
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(columns)
+            for r in self.records:
+                if r["kind"] == kind:
+                    writer.writerow([_cell(r.get(c)) for c in columns])
+            write_text_atomic(self.paths[kind], buf.getvalue())
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if not self.enabled:
+            return
+        with open(self.paths["jsonl"], "a", encoding="utf-8") as fh:
+            fh.write(_json_line(record))
+        columns = TRAIN_COLUMNS if record["kind"] == "train" else EVAL_COLUMNS
+        with open(self.paths[record["kind"]], "a", encoding="utf-8", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerow([_cell(record.get(c)) for c in columns])
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record) + "\n"

@@ -1,0 +1,327 @@
+"""Building the model a config names, the training objective, and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import models
+from ..nn import jacobian_frobenius
+from ..nn._state import Packer
+from ._config import TrainConfig
+from ._data import Data
+
+__all__ = ["Objective", "build", "evaluate", "is_equilibrium", "model_from_config"]
+
+_EQUILIBRIUM_API = ("deq", "cell", "inject", "initial_state", "readout", "iterate")
+
+
+def is_equilibrium(model: nn.Module) -> bool:
+    """Whether ``model`` follows the equilibrium-model protocol (a DEQ plus its parts)."""
+    return all(hasattr(model, name) for name in _EQUILIBRIUM_API)
+
+
+def _factory(name: str) -> tuple[Callable[..., nn.Module], Callable[..., Any]]:
+    """The builder for ``name`` and the callable whose signature says what it accepts."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"model {name!r}: cannot import {module_name!r} ({err})") from err
+        try:
+            factory = getattr(module, attr)
+        except AttributeError:
+            raise ValueError(f"model {name!r}: {module_name!r} has no {attr!r}") from None
+        return factory, factory
+    if name not in models.available_models():
+        raise ValueError(
+            f"unknown model {name!r}; valid: {', '.join(models.available_models())}, or "
+            "'package.module:factory' for a model of your own"
+        )
+
+    def build(**kwargs: Any) -> nn.Module:
+        return models.build_model(name, **kwargs)
+
+    return build, _registered_signature(models, name)
+
+
+def _registered_signature(models: Any, name: str) -> Callable[..., Any]:
+    """The constructor registered under ``name``, whose parameters say which task facts
+    (``in_features``, ``num_classes``, ...) it takes; ``build_model`` itself if unknown."""
+    registry = getattr(getattr(models, "_registry", None), "_MODELS", None)
+    if isinstance(registry, dict) and name in registry:
+        return registry[name]
+    return models.build_model
+
+
+def model_from_config(config: TrainConfig) -> nn.Module:
+    """The model ``config`` names, in ``config.dtype``, on the CPU, in training mode.
+
+    Shape facts of the task (``in_channels``, ``in_features``, ``num_classes``,
+    ``input_shape``) are passed when the builder names them as parameters and
+    ``config.model_kwargs`` does not already give them. Seed torch before calling for a
+    reproducible initialisation (:func:`train` seeds with ``config.seed``).
+
+    Raises:
+        ValueError: If the model cannot be found or built with these arguments.
+    """
+    return build(config, Data(config))
+
+
+def build(config: TrainConfig, data: Data) -> nn.Module:
+    """:func:`model_from_config` with the task's :class:`Data` already loaded."""
+    factory, target = _factory(config.model_name)
+    kwargs = dict(config.model_kwargs)
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for key, value in data.model_hints().items():
+        if key in params and key not in kwargs:
+            kwargs[key] = value
+    try:
+        model = factory(**kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"cannot build model {config.model_name!r} with model_kwargs {kwargs}: {err}"
+        ) from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"model {config.model_name!r} built a {type(model).__name__}, not a Module"
+        )
+    if config.mode == "recurrent" and not is_equilibrium(model):
+        raise ValueError(
+            f"mode='recurrent' needs an equilibrium model with iterate(); "
+            f"{config.model_name!r} is not one"
+        )
+    return model.to(getattr(torch, config.dtype))
+
+
+def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to bfloat16 when ``config.amp == "bf16"``, else nothing."""
+    if config.amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def check_amp(config: TrainConfig, device: torch.device) -> None:
+    """Raise ``ValueError`` when ``config.amp`` cannot run on ``device`` in ``config.dtype``."""
+    if config.amp == "none":
+        return
+    if config.dtype != "float32":
+        raise ValueError(f"amp='bf16' needs dtype='float32', got dtype={config.dtype!r}")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"amp='bf16': {torch.cuda.get_device_name(device)} lacks bfloat16")
+
+
+def _full(t: Tensor) -> Tensor:
+    """``t`` in float32 if autocast left it in a half type; float32/64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+class Objective(nn.Module):
+    """The loss of one batch, as a module, so ``DistributedDataParallel`` can wrap all of it.
+
+    DDP synchronises gradients only for computation run inside its own ``forward``; the
+    recurrent progressive loss and the Jacobian penalty call the model's parts directly, so
+    the whole objective is the module DDP wraps.
+
+    Call: ``objective(x, y, generator) -> (loss, logits or None, info or None, penalty)``.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.device = device
+        self.equilibrium = is_equilibrium(model)
+
+    def forward(
+        self, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor | None, Any, Tensor | None]:
+        c = self.config
+        model = self.model
+        with autocast(c, self.device):
+            if c.mode == "recurrent":
+                loss = models.progressive_loss(
+                    model, x, y, c.train_iters, c.progressive_alpha, generator=generator
+                )
+                return _full(loss), None, None, None
+            if self.equilibrium:
+                logits, info = model(x, **c.solver_overrides())
+            else:
+                logits, info = model(x)
+            loss = F.cross_entropy(_full(logits), y)
+            penalty = None
+            if c.jac_penalty > 0 and info is not None:
+                penalty = _jacobian_penalty(model, x, info.forward.z, c.jac_samples, generator)
+                loss = loss + c.jac_penalty * penalty
+        return loss, logits, info, penalty
+
+
+def _jacobian_penalty(
+    model: nn.Module, x: Tensor, z_flat: Tensor, samples: int, generator: torch.Generator
+) -> Tensor:
+    u = model.inject(x)
+    packer = Packer.of(model.initial_state(x), "initial_state(x)")
+
+    def f(z: Tensor) -> Tensor:
+        return packer.pack(model.cell(packer.unpack(z), u)).to(z.dtype)
+
+    return _full(jacobian_frobenius(f, z_flat, samples, generator=generator).mean())
+
+
+@torch.no_grad()
+def evaluate_on(
+    model: nn.Module,
+    config: TrainConfig,
+    data: Data,
+    difficulty: int | None,
+    n: int | None = None,
+    *,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate` with a ready :class:`Data` (the training loop keeps one)."""
+    if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    if tol is not None and not (isinstance(tol, int | float) and tol > 0):
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    if (max_iter is not None or tol is not None) and not is_equilibrium(model):
+        raise ValueError(
+            f"max_iter and tol apply to equilibrium models, not {type(model).__name__}"
+        )
+    if tol is not None and config.mode == "recurrent":
+        raise ValueError("tol applies to mode='deq' only (recurrent models run max_iter steps)")
+    bs = batch_size or config.eval_batch_size or config.batch_size
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    x_all, y_all = data.eval_set(difficulty, n)
+    equilibrium = is_equilibrium(model)
+    overrides = config.solver_overrides()
+    if max_iter is not None:
+        overrides["max_iter"] = max_iter
+    if tol is not None:
+        overrides["tol"] = tol
+    settings = getattr(getattr(model, "deq", None), "settings", None)
+    if config.mode == "recurrent":
+        budget = max_iter or config.max_iter or config.train_iters
+        used_tol = None
+    elif equilibrium:
+        budget = overrides.get("max_iter", getattr(settings, "max_iter", None))
+        used_tol = overrides.get("tol", getattr(settings, "tol", None))
+    else:
+        budget = used_tol = None
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = 0.0
+    iters: list[Tensor] = []
+    residual: list[Tensor] = []
+    converged: list[Tensor] = []
+    try:
+        for lo in range(0, len(y_all), bs):
+            x = x_all[lo : lo + bs].to(device, dtype)
+            y = y_all[lo : lo + bs].to(device)
+            with autocast(config, device):
+                if config.mode == "recurrent":
+                    logits = model.iterate(x, budget, every=False)[-1]
+                    info = None
+                elif equilibrium:
+                    logits, info = model(x, **overrides)
+                else:
+                    logits, info = model(x)
+            logits = _full(logits)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item() / math.prod(y.shape[1:])
+            correct += data.correct(logits, y).sum().item()
+            if info is not None:
+                iters.append(info.forward.iterations.cpu())
+                residual.append(info.forward.residual.float().cpu())
+                converged.append(info.forward.converged.cpu())
+    finally:
+        model.train(was_training)
+    count = len(y_all)
+    out: dict[str, Any] = {
+        "difficulty": difficulty,
+        "n": count,
+        "loss": loss_sum / count,
+        "accuracy": correct / count,
+        "iters_mean": None,
+        "iters_max": None,
+        "residual_mean": None,
+        "converged": None,
+        "max_iter": budget,
+        "tol": used_tol,
+    }
+    if config.mode == "recurrent":
+        out["iters_mean"] = out["iters_max"] = budget
+    elif iters:
+        it = torch.cat(iters).float()
+        out["iters_mean"] = it.mean().item()
+        out["iters_max"] = int(it.max().item())
+        out["residual_mean"] = torch.cat(residual).mean().item()
+        out["converged"] = torch.cat(converged).float().mean().item()
+    return out
+
+
+def evaluate(
+    model: nn.Module,
+    config: TrainConfig,
+    difficulty: int | None = None,
+    n: int | None = None,
+    *,
+    max_iter: int | None = None,
+    tol: float | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Score ``model`` on the task of ``config``, with the solver budget as a knob.
+
+    Procedural tasks are scored on a fixed set of ``n`` samples at ``difficulty`` (drawn
+    from a generator seeded with ``(config.seed, difficulty)``, so every call and every
+    checkpoint of a run sees the same samples); data sets on (the first ``n`` samples of)
+    their test split. Runs under ``torch.no_grad()`` in eval mode, on the model's device and
+    dtype, with ``config.amp``.
+
+    Args:
+        model: A model built for ``config`` (e.g. from :func:`load_checkpoint`).
+        config: The run's :class:`TrainConfig`.
+        difficulty: String length (prefix sums) or maze size ``k``; default the training
+            difficulty. Must be ``None`` for data sets.
+        n: Number of samples; default ``config.eval_size`` (or 1000 / the whole test split).
+        max_iter: Forward budget for this evaluation (test-time compute); in recurrent mode
+            the number of iterations. Default ``config.max_iter``.
+        tol: Forward tolerance (deq mode). Default ``config.tol``.
+        batch_size: Default ``config.eval_batch_size`` or ``config.batch_size``.
+
+    Returns:
+        ``{"difficulty", "n", "loss", "accuracy", "iters_mean", "iters_max",
+        "residual_mean", "converged", "max_iter", "tol"}``: accuracy is exact match per
+        string / maze (top-1 for data sets), ``loss`` the mean cross-entropy per position,
+        ``converged`` the fraction of samples whose solve met ``tol``. Solver statistics are
+        ``None`` where they do not apply (explicit models; residuals in recurrent mode).
+
+    Raises:
+        ValueError: Invalid ``max_iter``/``tol``, or a difficulty the task does not take.
+    """
+    if difficulty is None and config.procedural:
+        difficulty = config.train_difficulty
+    return evaluate_on(
+        model,
+        config,
+        Data(config),
+        difficulty,
+        n,
+        max_iter=max_iter,
+        tol=tol,
+        batch_size=batch_size,
+    )
