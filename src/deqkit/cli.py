@@ -14,16 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .utils import OneLineArgumentParser
+
 __all__ = ["main"]
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"deqkit: error: {message} (see {self.prog} --help)\n")
 
 
 def _ints(text: str) -> list[int]:
@@ -69,66 +64,20 @@ def _settings(pairs: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- train
 
 
-_TRAIN_FLAGS = {
-    "task": str,
-    "difficulty": int,
-    "model": str,
-    "mode": str,
-    "solver": str,
-    "tol": float,
-    "max_iter": int,
-    "backward": str,
-    "steps": int,
-    "batch_size": int,
-    "lr": float,
-    "seed": int,
-    "device": str,
-    "amp": str,
-    "out_dir": str,
-}
-
-
-def _train_config(args: argparse.Namespace):
-    from .train import TrainConfig, load_config
-
-    base = load_config(args.config).to_dict() if args.config else {}
-    for name in _TRAIN_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            base[name] = value
-    if args.width is not None:
-        base["model_kwargs"] = {**base.get("model_kwargs", {}), "width": args.width}
-    if args.eval_difficulties is not None:
-        base["eval_difficulties"] = args.eval_difficulties
-    base.update(_settings(args.set))
-    return TrainConfig.from_dict(base)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train.__main__ import main as train_main
 
-    result = train(_train_config(args), resume=args.resume, progress=not args.no_progress)
-    for record in result.eval:
-        print(json.dumps(record))
-    print(f"run folder: {result.out_dir}")
-    return 0
+    return train_main(args.rest, prog="deqkit train")
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a model from a config file and/or flags",
-        description="Train a model. Flags override the config file; --set KEY=VALUE sets any "
-        "TrainConfig field (values parsed as JSON, e.g. --set model_kwargs='{\"width\": 64}').",
+        help="train a model from a config file and/or flags (deqkit train --help)",
+        add_help=False,
+        prefix_chars="\0",  # everything after "train" goes to the training parser
     )
-    p.add_argument("--config", help="a .json or .toml TrainConfig file")
-    for name, kind in _TRAIN_FLAGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
-    p.add_argument("--width", type=int, default=None, help="model width (model_kwargs.width)")
-    p.add_argument("--eval-difficulties", type=_ints, default=None, help="e.g. 16,32,64")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_train)
 
 
@@ -324,8 +273,8 @@ def _add_demo(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``deqkit`` argument parser (exposed for documentation and tests)."""
-    parser = _Parser(prog="deqkit", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineArgumentParser(prog="deqkit", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
     for add in (_add_train, _add_eval, _add_sweep, _add_solve_bench, _add_mem_bench, _add_demo):
         add(sub)
     return parser

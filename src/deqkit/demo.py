@@ -43,7 +43,7 @@ class DemoConfig:
     Attributes:
         task: ``"prefix_sums"`` (default) or ``"mazes"``.
         width: Channels of the recall network. Default ``32``.
-        steps: Training steps. Default ``500``.
+        steps: Training steps. Default ``400``.
         backward: Training gradient: ``"phantom"`` (default), ``"implicit"`` or
             ``"unrolled"``. The default is phantom because implicit training of this recall
             network lost forward convergence within ~100 steps in every setting we tried
@@ -58,7 +58,7 @@ class DemoConfig:
 
     task: str = "prefix_sums"
     width: int = 32
-    steps: int = 500
+    steps: int = 400
     backward: str = "phantom"
     max_budget: int = 200
     device: str = "auto"
@@ -123,14 +123,14 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
         difficulty=train_d,
         eval_difficulties=(train_d,),
         model=model_name,
-        model_kwargs={"width": width, "num_blocks": 2},
+        model_kwargs={"width": width, "num_blocks": 2, "norm_groups": 4},
         solver="anderson",
         tol=1e-3,
         max_iter=30,
         backward=cfg.backward,
         optimizer="adamw",
         lr=2e-3,
-        warmup_steps=max(1, steps // 10),
+        warmup_steps=max(1, steps // 8),
         grad_clip=1.0,
         steps=steps,
         batch_size=64 if not cfg.fast else 16,

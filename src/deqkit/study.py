@@ -60,7 +60,7 @@ def sweep(
     n: int = 500,
     out_dir: str | Path | None = None,
     method: str | None = None,
-    batch_size: int = 250,
+    batch_size: int = 100,
 ) -> SweepResult:
     """The test-time compute curve of ``model`` at each difficulty of its task.
 
@@ -78,7 +78,7 @@ def sweep(
         out_dir: Folder for ``sweep.csv``, ``sweep.json`` and ``sweep.png``; ``None`` writes
             nothing.
         method: Solver; default the model's own.
-        batch_size: Samples per solve. Default ``250``.
+        batch_size: Samples per solve (memory grows as budget x batch x state). Default ``100``.
 
     Returns:
         A :class:`SweepResult`.

@@ -2,6 +2,7 @@
 
 Examples::
 
+    deqkit train --task prefix_sums --difficulty 16 --width 64 --out-dir runs/ps16
     python -m deqkit.train --config cfg.toml --out-dir runs/ps16
     python -m deqkit.train --config cfg.toml --set lr=3e-4 --set model_kwargs='{"width": 64}'
     python -m deqkit.train --resume runs/ps16 --steps 20000
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..utils import OneLineArgumentParser
 from ._config import TrainConfig, load_config
 from ._files import CONFIG
 from ._loop import train
@@ -27,6 +29,14 @@ from ._loop import train
 __all__ = ["main"]
 
 _SHORTCUTS = {
+    "task": str,
+    "difficulty": int,
+    "model": str,
+    "mode": str,
+    "solver": str,
+    "tol": float,
+    "max_iter": int,
+    "backward": str,
     "out_dir": str,
     "steps": int,
     "epochs": int,
@@ -38,10 +48,11 @@ _SHORTCUTS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m deqkit.train",
-        description="Train a deep equilibrium model from a TrainConfig file (JSON or TOML).",
+def _parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParser:
+    p = OneLineArgumentParser(
+        prog=prog,
+        description="Train a deep equilibrium model from a TrainConfig file (JSON or TOML) "
+        "and/or flags; flags override the file.",
     )
     p.add_argument("--config", type=Path, help="config file (.json or .toml)")
     p.add_argument(
@@ -62,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
             metavar=name.upper(),
             help=f"set the config's {name}",
         )
+    p.add_argument("--width", type=int, default=None, help="set model_kwargs['width']")
+    p.add_argument(
+        "--eval-difficulties",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=None,
+        metavar="D1,D2,...",
+        help="set the config's eval_difficulties",
+    )
     p.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the model's cell f"
     )
@@ -87,17 +106,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` that parsed flags describe."""
     base: dict[str, Any] = {}
     run_dir = args.resume if isinstance(args.resume, str) else None
+    if args.resume is True and args.config is None and args.out_dir is not None:
+        run_dir = args.out_dir  # "--out-dir RUN --resume": continue RUN with its own config
     if args.config is not None:
         base = load_config(args.config).to_dict()
     elif run_dir is not None:
         base = load_config(Path(run_dir) / CONFIG).to_dict()
-    else:
-        raise ValueError("give --config FILE, or --resume RUN_DIR to continue a run")
+    elif args.task is None:
+        raise ValueError("give --config FILE, --task TASK, or --resume RUN_DIR")
     if run_dir is not None:
         base["out_dir"] = run_dir
     for name in _SHORTCUTS:
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)
+    if args.width is not None:
+        base["model_kwargs"] = {**base.get("model_kwargs", {}), "width": args.width}
+    if args.eval_difficulties is not None:
+        base["eval_difficulties"] = args.eval_difficulties
     if args.compile:
         base["compile"] = True
     for item in args.set:
@@ -108,16 +133,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m deqkit.train") -> int:
     """Parse ``argv``, train, print where the run went. Returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     try:
         config = config_from_args(args)
         result = train(config, resume=args.resume is not None, progress=not args.no_progress)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, ImportError) as err:
+        print(f"deqkit: error: {err}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":
         return 0

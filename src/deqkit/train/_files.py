@@ -6,15 +6,14 @@ import csv
 import io
 import json
 import math
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
+
+from ..utils import atomic_write, atomic_write_text
 
 __all__ = [
     "CHECKPOINT",
@@ -67,43 +66,14 @@ EVAL_COLUMNS = (
 )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write through ``write`` to a temporary file in ``path``'s folder, fsync, rename.
-
-    A crash or Ctrl-C mid-write leaves the previous file intact (``os.replace`` is atomic
-    within one file system). The file gets the usual permissions (``0o666`` less the umask),
-    not ``mkstemp``'s private ``0o600``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_atomic(obj: Any, path: Path) -> Path:
     """``torch.save`` ``obj`` to ``path`` atomically (temporary file, then rename)."""
-    return _atomic(path, lambda fh: torch.save(obj, fh))
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (temporary file, then rename)."""
-    data = text.encode("utf-8")
-    return _atomic(path, lambda fh: fh.write(data))
+    return Path(atomic_write_text(path, text))
 
 
 def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
