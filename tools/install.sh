@@ -24,10 +24,13 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
         $PIP install "torch==$TORCH_VERSION"
     else
         echo "install: no GPU, installing the CPU build torch==$TORCH_VERSION+cpu"
-        # Offline first (a local wheel via pip's find-links), then PyTorch's CPU index.
-        $PIP install --no-index "torch==$TORCH_VERSION+cpu" 2>/dev/null \
+        # The CPU wheel where pip's configured sources have it (a local wheel found through
+        # find-links, a mirror), its dependencies from the package index; else PyTorch's
+        # CPU index. Only the "+cpu" build is ever asked for, never the CUDA one.
+        $PIP install "torch==$TORCH_VERSION+cpu" \
             || $PIP install "torch==$TORCH_VERSION+cpu" \
-                --extra-index-url https://download.pytorch.org/whl/cpu
+                --index-url https://download.pytorch.org/whl/cpu \
+                --extra-index-url https://pypi.org/simple
     fi
 fi
 
