@@ -14,7 +14,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from ..solvers import NewtonKrylov, Solver, SolveResult, resolve
-from ..solvers._loop import _check_args, run, solve
+from ..solvers._loop import check_budget, run, solve
 from ._state import Packer, State
 
 __all__ = ["DEQ", "DEQInfo"]
@@ -37,14 +37,14 @@ class _Settings:
     correction: int = 0
 
     def __post_init__(self):
-        _check_args(abs, torch.zeros(1), self.tol, self.stop, self.max_iter)
+        check_budget(self.tol, self.stop, self.max_iter)
         resolve(self.solver, self.solver_options)
         if self.backward not in BACKWARD_MODES:
             raise ValueError(
                 f"backward must be one of {', '.join(BACKWARD_MODES)}, got {self.backward!r}"
             )
         if self.backward == "implicit":
-            _check_args(abs, torch.zeros(1), self.adjoint_tol, self.stop, self.adjoint_max_iter)
+            check_budget(self.adjoint_tol, self.stop, self.adjoint_max_iter)
             resolve(self.adjoint_solver, self.adjoint_options)
         else:
             for name in ("backward_solver", "backward_tol", "backward_max_iter"):

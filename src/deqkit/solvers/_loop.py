@@ -65,6 +65,16 @@ def resolve(method: str | Solver, options: dict | None = None) -> Solver:
     return dataclasses.replace(base, **options) if options else base
 
 
+def check_budget(tol: float, stop: str, max_iter: int) -> None:
+    """Validate a tolerance, stopping criterion and evaluation budget (``ValueError``)."""
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < math.inf):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if stop not in ("abs", "rel"):
+        raise ValueError(f"stop must be 'abs' or 'rel', got {stop!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+
+
 def _check_args(f, z0, tol, stop, max_iter) -> None:
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
@@ -77,12 +87,7 @@ def _check_args(f, z0, tol, stop, max_iter) -> None:
             f"z0 must be batch-first with a non-empty batch (dim 0) and sample, got shape "
             f"{tuple(z0.shape)}"
         )
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < math.inf):
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
-    if stop not in ("abs", "rel"):
-        raise ValueError(f"stop must be 'abs' or 'rel', got {stop!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    check_budget(tol, stop, max_iter)
     if not bool(torch.isfinite(z0).all()):
         raise ValueError("z0 must be finite; it contains NaN or inf")
 
