@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._core import Evaluator, Point, Solver, put, where_active
+from ._core import Evaluator, Point, Solver, put
 
 
 class _History(NamedTuple):
@@ -129,7 +129,7 @@ class Anderson(Solver):
         else:
             dZb = h.dF - (1.0 - self.beta) * h.dG
             prop = p.z + self.beta * p.g - torch.bmm(gamma, dZb)[:, 0]
-        q = ev.point(where_active(active, prop, p.z))
+        q = ev.point(ev.propose(active, prop, p.z))
 
         # NaN compares False, so a non-finite accelerated proposal is rejected here.
         accept = active & ((q.gnorm <= self.safeguard * p.gnorm) | (count == 0))

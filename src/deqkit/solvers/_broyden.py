@@ -80,7 +80,7 @@ class Broyden(Solver):
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, mem: _Memory):
         U, V, count, d = mem
-        q = ev.point(where_active(active, p.z + d, p.z))
+        q = ev.point(ev.propose(active, p.z + d, p.z))
         ok = torch.isfinite(q.gnorm) & (q.gnorm <= self.safeguard * p.gnorm)
         accept = active & (ok | (count == 0))
         reject = active & ~accept

@@ -152,6 +152,9 @@ class Evaluator:
         self._eps = torch.finfo(state_dtype).tiny ** 0.5
         self.nfev = torch.zeros(self.batch, dtype=torch.long, device=z0.device)
         self.active = torch.ones(self.batch, dtype=torch.bool, device=z0.device)
+        # Set by the loop where checking costs nothing (CPU): every sample is active, so
+        # proposals need no per-sample select.
+        self.all_active = False
 
     def _check(self, out: Any) -> Tensor:
         if not isinstance(out, Tensor):
@@ -168,6 +171,10 @@ class Evaluator:
         gnorm = torch.linalg.vector_norm(g, dim=1)
         res = gnorm / (torch.linalg.vector_norm(fz, dim=1) + self._eps) if self._rel else gnorm
         return Point(z, fz, g, gnorm, res)
+
+    def propose(self, active: Tensor, new: Tensor, old: Tensor) -> Tensor:
+        """``new`` for active samples, ``old`` (where they stopped) for the others."""
+        return new if self.all_active else where_active(active, new, old)
 
     def point(self, z: Tensor) -> Point:
         """Evaluate ``f`` at flat ``z`` (``[B, n]``); one evaluation for each active sample."""
@@ -214,9 +221,9 @@ class Solver:
       plus an optional ``[B]`` bool ``accept``: where it is False the loop keeps the old point
       (a rejected proposal); ``None`` accepts every sample.
 
-    A step must leave inactive samples where they are (use :func:`where_active` on the
-    proposal before evaluating it) and should avoid host synchronisation. A sample whose
-    accepted point is non-finite is marked failed by the loop.
+    A step must leave inactive samples where they are (pass the proposal through
+    ``ev.propose(active, proposal, p.z)`` before evaluating it) and should avoid host
+    synchronisation. A sample whose accepted point is non-finite is marked failed by the loop.
 
     Subclass, give it a ``name`` and register it with :func:`deqkit.solvers.register` to make
     it available by name.

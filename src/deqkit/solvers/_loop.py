@@ -176,16 +176,17 @@ def run(
     p = ev.point(z0.reshape(ev.batch, -1).to(state_dtype))
     failed = ~torch.isfinite(p.gnorm)
     active = ~failed & (p.res > tol) & (ev.nfev < max_iter)
+    sync_every = 1 if z0.device.type == "cpu" else 8
     ev.active = active
+    ev.all_active = sync_every == 1 and bool(active.all())
     best_z, best_res = p.z, p.res  # never modified in place
     trace = [p.res.clone()] if record_trace else None
     iterates = [p.z] if record_iterates else None
     state = solver.init(ev, p, active)
     # Host synchronisation ("is anyone still running?", "did every sample take its step?") is
-    # free on the CPU; on an accelerator it stalls the queue, so there it happens every few
-    # steps. Counts stay exact either way, because evaluations are only charged to active
-    # samples.
-    sync_every = 1 if z0.device.type == "cpu" else 8
+    # free on the CPU, where it lets whole-batch cases skip per-sample selects; on an
+    # accelerator it stalls the queue, so there it happens every few steps. Counts stay
+    # exact either way, because evaluations are only charged to active samples.
     for step in range(max_iter - 1):  # every step charges each active sample at least once
         if step % sync_every == 0 and not bool(active.any()):
             break
@@ -199,14 +200,18 @@ def run(
         else:
             p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
         better = take & (p.res < best_res)
-        best_z = where_active(better, p.z, best_z)
-        best_res = torch.where(better, p.res, best_res)
+        if sync_every == 1 and bool(better.all()):
+            best_z, best_res = p.z, p.res
+        else:
+            best_z = where_active(better, p.z, best_z)
+            best_res = torch.where(better, p.res, best_res)
         if trace is not None:
             trace.append(torch.where(active, p.res, torch.nan))
         if iterates is not None:
             iterates.append(p.z)
         active = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)
         ev.active = active
+        ev.all_active = sync_every == 1 and bool(active.all())
     converged = best_res <= tol
     status = torch.where(
         converged,

@@ -137,12 +137,12 @@ class NewtonKrylov(Solver):
             return p, None, st
         budget = int((ev.max_iter - ev.nfev)[active].min())
         if budget < 2:  # no room for a Krylov step and its trial point: plain step
-            return ev.point(where_active(active, p.z + p.g, p.z)), None, st
+            return ev.point(ev.propose(active, p.z + p.g, p.z)), None, st
         eta = self._forcing(p, st)
         d = self._gmres(ev, p, active, eta, budget - 1)
         budget = int((ev.max_iter - ev.nfev)[active].min())
         t = torch.ones_like(p.gnorm)
-        q = ev.point(where_active(active, p.z + d, p.z))
+        q = ev.point(ev.propose(active, p.z + d, p.z))
         charged = ev.active
         for _ in range(min(self.max_backtracks, budget - 1)):
             bad = active & ~(q.gnorm <= (1.0 - 1e-4 * t) * p.gnorm)

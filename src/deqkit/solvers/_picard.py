@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._core import Evaluator, Point, Solver, where_active
+from ._core import Evaluator, Point, Solver
 
 
 @dataclass(frozen=True)
@@ -31,4 +31,4 @@ class Picard(Solver):
             raise ValueError(f"Invalid beta for picard: {self.beta!r} (expected 0 < beta <= 2)")
 
     def step(self, ev: Evaluator, p: Point, active, state):
-        return ev.point(where_active(active, p.z + self.beta * p.g, p.z)), None, state
+        return ev.point(ev.propose(active, p.z + self.beta * p.g, p.z)), None, state
