@@ -316,6 +316,10 @@ def plot_memory(rows: Sequence[MemoryRow], path) -> str:
         xscale="log",
         yscale="log",
     )
+    its = sorted({r.iterations for r in rows})
+    for ax in axes:
+        ax.set_xticks(its, [str(n) for n in its], minor=False)
+        ax.set_xticks([], minor=True)
     axes[0].legend()
     fig.tight_layout()
     return save_figure(fig, path)
