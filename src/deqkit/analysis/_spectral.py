@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..nn._state import Packer, State
+from ..solvers._core import jvp
 from ._common import check_callable, check_int, check_positive, flat_map, random_like
 
 __all__ = ["SpectralEstimate", "spectral_norm", "spectral_radius"]
@@ -90,7 +91,7 @@ def spectral_radius(
     _, flat, fz, work = _setup(f, z, krylov_dim, restarts, tol)
 
     def matvec(v: Tensor) -> Tensor:
-        return torch.func.jvp(fz, (flat,), (v.to(flat.dtype),))[1].to(work)
+        return jvp(fz, (flat,), (v.to(flat.dtype),))[1].to(work)
 
     with torch.no_grad():
         theta, res, count = _dominant(
@@ -151,7 +152,7 @@ def spectral_norm(
         _, vjp_fn = torch.func.vjp(fz, flat)
 
         def matvec(v: Tensor) -> Tensor:
-            jv = torch.func.jvp(fz, (flat,), (v.to(flat.dtype),))[1]
+            jv = jvp(fz, (flat,), (v.to(flat.dtype),))[1]
             return vjp_fn(jv)[0].to(work)
 
         theta, res, count = _dominant(

@@ -11,7 +11,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Point", "SolveError", "SolveResult", "Solver", "Status", "put", "where_active"]
+__all__ = [
+    "Point",
+    "SolveError",
+    "SolveResult",
+    "Solver",
+    "Status",
+    "jvp",
+    "put",
+    "where_active",
+]
 
 
 class Status(enum.IntEnum):
@@ -184,17 +193,25 @@ class Evaluator:
 
     def jvp(self, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(z), J_f(z) v)`` by forward-mode autodiff; counted as one evaluation."""
-        with warnings.catch_warnings():
-            # torch builds its forward-AD decompositions with torch.jit.script on first use and
-            # warns that it is deprecated: torch's own warning, not the user's concern.
-            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
-            fz, jv = torch.func.jvp(
-                self._f,
-                (z.view(self.shape).to(self.in_dtype),),
-                (v.view(self.shape).to(self.in_dtype),),
-            )
+        fz, jv = jvp(
+            self._f,
+            (z.view(self.shape).to(self.in_dtype),),
+            (v.view(self.shape).to(self.in_dtype),),
+        )
         self.nfev += self.active
         return self._check(fz), jv.reshape(self.batch, -1).to(self.dtype)
+
+
+def jvp(f: Callable, primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]):
+    """``torch.func.jvp`` without torch's own first-use warning.
+
+    torch builds its forward-AD decompositions with ``torch.jit.script`` the first time
+    forward mode runs in a process and warns that it is deprecated: torch's concern, not the
+    user's, and an error under ``-W error``.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+        return torch.func.jvp(f, primals, tangents)
 
 
 def put(buf: Tensor, index: tuple[Tensor, ...], value: Tensor) -> Tensor:
