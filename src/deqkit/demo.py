@@ -47,7 +47,7 @@ class DemoConfig:
         backward: Training gradient: ``"phantom"`` (default), ``"implicit"`` or
             ``"unrolled"``. The default is phantom because implicit training of this recall
             network lost forward convergence within ~100 steps in every setting we tried
-            (see README); ``--backward implicit`` runs it anyway.
+            (``docs/results.md``); ``--backward implicit`` runs it anyway.
         max_budget: Largest solver budget of the compute curve. Default ``200``.
         device: ``"auto"`` (default: CUDA when present), ``"cpu"`` or ``"cuda"``.
         seed: Seed of the model, data and probes. Default ``0``.
@@ -123,7 +123,7 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
         difficulty=train_d,
         eval_difficulties=(train_d,),
         model=model_name,
-        model_kwargs={"width": width, "num_blocks": 2, "norm_groups": 4},
+        model_kwargs={"width": width, "num_blocks": 2, "norm_groups": 4, "spectral_norm": True},
         solver="anderson",
         tol=1e-3,
         max_iter=30,
