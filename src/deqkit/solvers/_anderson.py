@@ -18,7 +18,6 @@ class _History(NamedTuple):
     rhs: Tensor  # [B, m] float64, dG g_k for the current iterate (valid columns only count)
     accepted: Tensor  # [B] long, differences recorded since the last reset; the ring's
     # next column is accepted % m and its valid columns are 0..min(accepted, m) - 1
-    eye: Tensor  # [m, m] float64
     rows: Tensor  # [B] long, 0..B-1
     cols: Tensor  # [m] long, 0..m-1
 
@@ -107,7 +106,6 @@ class Anderson(Solver):
             gram=torch.zeros(B, m, m, dtype=torch.float64, device=dev),
             rhs=torch.zeros(B, m, dtype=torch.float64, device=dev),
             accepted=torch.zeros(B, dtype=torch.long, device=dev),
-            eye=torch.eye(m, dtype=torch.float64, device=dev),
             rows=torch.arange(B, device=dev),
             cols=torch.arange(m, device=dev),
         )
@@ -115,9 +113,8 @@ class Anderson(Solver):
     def step(self, ev: Evaluator, p: Point, active: Tensor, h: _History):
         m = h.cols.shape[0]
         count = h.accepted.clamp(max=m)
-        gram = h.gram
-        ridge = self.lam * torch.diagonal(gram, dim1=1, dim2=2) + _TINY
-        chol, info = torch.linalg.cholesky_ex(gram + torch.diag_embed(ridge))
+        ridge = self.lam * torch.diagonal(h.gram, dim1=1, dim2=2) + _TINY
+        chol, info = torch.linalg.cholesky_ex(h.gram + torch.diag_embed(ridge))
         rhs = torch.where(h.cols < count[:, None], h.rhs, 0.0)
         gamma = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
         failed = (info != 0) | ~(torch.linalg.vector_norm(gamma, dim=-1) <= self.max_weight)
