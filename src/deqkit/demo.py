@@ -195,6 +195,7 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
         {f"radius, d={d}": s["radius"] for d, s in stats.items()}
         | {f"norm, d={d}": s["norm"] for d, s in stats.items()},
         out / "spectral.png",
+        xlabel="spectral radius / spectral norm of df/dz at z*",
     )
     contraction_table = markdown_table(
         [
