@@ -51,7 +51,7 @@ class _Settings:
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name} applies to backward='implicit' only")
         if self.backward == "phantom":
-            self.phantom  # noqa: B018 (validates)
+            self.phantom_steps()  # validates k and tau
         elif self.backward == "unrolled" and self.backward_options:
             raise TypeError("backward='unrolled' takes no backward_options")
         if isinstance(self.correction, bool) or not isinstance(self.correction, int):
@@ -77,8 +77,8 @@ class _Settings:
     def adjoint_max_iter(self) -> int:
         return 2 * self.max_iter if self.backward_max_iter is None else self.backward_max_iter
 
-    @property
-    def phantom(self) -> tuple[int, float]:
+    def phantom_steps(self) -> tuple[int, float]:
+        """Phantom ``(k, tau)`` from ``backward_options``, validated."""
         opts = dict(self.backward_options or {})
         k, tau = opts.pop("k", 5), opts.pop("tau", 0.5)
         if opts:
@@ -323,7 +323,7 @@ class DEQ(nn.Module):
             corrections = [fx(res.iterates[i]) for i in picks.tolist()]
         info = DEQInfo(res, corrections)
         if s.backward == "phantom":
-            k, tau = s.phantom
+            k, tau = s.phantom_steps()
             z = z_star
             for _ in range(k):
                 z = (1.0 - tau) * z + tau * fx(z)
