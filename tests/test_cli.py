@@ -13,7 +13,7 @@ import pytest
 from deqkit.cli import build_parser, main
 from deqkit.demo import DemoConfig, run_demo
 
-COMMANDS = ["train", "eval", "sweep", "solve-bench", "mem-bench", "demo"]
+COMMANDS = ["train", "eval", "sweep", "examine", "solve-bench", "mem-bench", "demo"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -101,6 +101,16 @@ def test_train_eval_sweep_round_trip(tmp_path, capsys):
         == 0
     )
     assert {"sweep.csv", "sweep.json", "sweep.png"} <= {p.name for p in out.iterdir()}
+    last = tmp_path / "sweep-last"
+    args = ["sweep", str(ckpt), "--difficulties", "8", "--iterations", "1,3", "--n", "8"]
+    assert main([*args, "--pick", "last", "--batch-size", "3", "--out", str(last)]) == 0
+    assert json.loads((last / "sweep.json").read_text())["8"]["pick"] == "last"
+    capsys.readouterr()
+    ex = tmp_path / "examine"
+    args = ["examine", str(ckpt), "--difficulties", "8", "--n", "4", "--max-iter", "20"]
+    assert main([*args, "--readout-iters", "5", "--out", str(ex)]) == 0
+    assert "| 8 |" in capsys.readouterr().out
+    assert {"examples.csv", "examine.json", "readout.png"} <= {p.name for p in ex.iterdir()}
     # a second run into the same folder is refused, not overwritten
     assert main(["train", "--steps", "1", "--out-dir", str(run), "--no-progress"]) == 2
 

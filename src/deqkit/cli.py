@@ -1,4 +1,4 @@
-"""The ``deqkit`` command line: train, eval, sweep, solve-bench, mem-bench, demo.
+"""The ``deqkit`` command line: train, eval, sweep, examine, solve-bench, mem-bench, demo.
 
 Each subcommand maps its flags onto the library's config objects and calls library code;
 no library function sees an ``argparse`` namespace. A user error (bad flag, bad value,
@@ -104,6 +104,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         n=args.n,
         out_dir=args.out,
         method=args.solver,
+        batch_size=args.batch_size,
+        pick=args.pick,
     )
     print(out.table)
     print(f"wrote {', '.join(str(p) for p in out.files)}")
@@ -121,8 +123,76 @@ def _add_sweep(sub) -> None:
     )
     p.add_argument("--n", type=_positive_int, default=500, help="samples per difficulty")
     p.add_argument("--solver", default=None, help="solver (default: the model's)")
+    p.add_argument(
+        "--pick",
+        choices=("best", "last"),
+        default="best",
+        help="read out each sample's lowest-residual iterate (best, default) or its last one",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=100, help="samples per solve (default 100)"
+    )
     p.add_argument("--out", default=None, help="output folder (default: next to checkpoint)")
     p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_examine(args: argparse.Namespace) -> int:
+    from .study import examine
+
+    model, config, _ = _load(args.checkpoint)
+    out = examine(
+        model,
+        config,
+        difficulties=args.difficulties,
+        n=args.n,
+        tol=args.tol,
+        max_iter=args.max_iter,
+        readout_iters=args.readout_iters,
+        batch_size=args.batch_size,
+        method=args.solver,
+        seed=args.seed,
+        out_dir=args.out or str(Path(args.checkpoint).parent),
+    )
+    keys = (
+        "accuracy",
+        "converged",
+        "picard_converged",
+        "picard_fails_solver_converges",
+        "backward_converged",
+        "backward_picard_converged",
+        "median_radius",
+        "median_norm",
+        "median_path_score",
+        "best_readout_beats_fixed_point",
+        "picard_cycle",
+    )
+    print("| difficulty | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for d, s in out["difficulties"].items():
+        print(f"| {d} | " + " | ".join(f"{s[k]:.3g}" for k in keys) + " |")
+    print(f"wrote {', '.join(out['files'])}")
+    return 0
+
+
+def _add_examine(sub) -> None:
+    p = sub.add_parser(
+        "examine",
+        help="solvers forward and backward, contraction, path independence and per-iterate "
+        "readout of a checkpoint, per test sample",
+    )
+    p.add_argument("checkpoint", help="path to checkpoint.pt")
+    p.add_argument("--difficulties", type=_ints, default=None, help="e.g. 16,32,64")
+    p.add_argument("--n", type=_positive_int, default=100, help="samples per difficulty")
+    p.add_argument("--tol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    p.add_argument("--max-iter", type=_positive_int, default=300, help="budget (default 300)")
+    p.add_argument(
+        "--readout-iters", type=_positive_int, default=200, help="iterates read out (default 200)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=50, help="samples per batch")
+    p.add_argument("--solver", default=None, help="solver (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of probes and starts")
+    p.add_argument("--out", default=None, help="output folder (default: next to checkpoint)")
+    p.set_defaults(func=_cmd_examine)
 
 
 # ------------------------------------------------------------------------------ benchmarks
@@ -256,7 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``deqkit`` argument parser (exposed for documentation and tests)."""
     parser = OneLineArgumentParser(prog="deqkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
-    for add in (_add_train, _add_eval, _add_sweep, _add_solve_bench, _add_mem_bench, _add_demo):
+    for add in (
+        _add_train,
+        _add_eval,
+        _add_sweep,
+        _add_examine,
+        _add_solve_bench,
+        _add_mem_bench,
+        _add_demo,
+    ):
         add(sub)
     return parser
 
