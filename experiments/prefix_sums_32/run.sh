@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prefix sums at the scale: train on 32-bit strings (1500 steps), test on 32-512 bits
+# Prefix sums at the scale: train on 32-bit strings (800 steps), test on 32-512 bits
 # with budgets up to 500 evaluations. Each argument names one run, VARIANT:WIDTH:SEED, with
 # VARIANT one of the *.toml files here. Resumable: a finished run is skipped, an interrupted
 # one continues from its checkpoint. Runs are independent, so two shells can share the list.
