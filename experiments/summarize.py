@@ -4,7 +4,8 @@
 
 Reads ``<variant>-seed<k>/sweep.json`` under the folder and prints a Markdown table per
 budget column: accuracy mean +/- standard deviation over seeds, per variant and difficulty.
-Writes ``summary.md`` and ``summary.json`` next to the runs.
+Writes ``summary.md``, ``summary.json`` and ``summary.png`` (accuracy against budget at each
+difficulty, mean and spread over seeds, one line per variant) next to the runs.
 """
 
 from __future__ import annotations
@@ -49,7 +50,46 @@ def main(folder: str) -> None:
     table = "\n".join(lines)
     (root / "summary.md").write_text(table + "\n")
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(summary, root / "summary.png")
     print(table)
+
+
+def plot(summary: dict, path: Path) -> None:
+    """One panel per difficulty: accuracy against budget, mean line and +/- sd band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    difficulties = sorted({k.split("/")[1] for k in summary}, key=lambda d: (len(d), d))
+    variants = list(dict.fromkeys(k.split("/")[0] for k in summary))
+    fig, axes = plt.subplots(
+        1, len(difficulties), figsize=(3.2 * len(difficulties), 3.2), sharey=True, squeeze=False
+    )
+    for ax, d in zip(axes[0], difficulties, strict=True):
+        for v in variants:
+            s = summary.get(f"{v}/{d}")
+            if s is None:
+                continue
+            mean = [100 * m for m in s["mean"]]
+            sd = [100 * x for x in s["std"]]
+            line = ax.plot(s["iterations"], mean, marker=".", label=f"{v} ({s['seeds']})")[0]
+            ax.fill_between(
+                s["iterations"],
+                [m - e for m, e in zip(mean, sd, strict=True)],
+                [m + e for m, e in zip(mean, sd, strict=True)],
+                color=line.get_color(),
+                alpha=0.15,
+            )
+        ax.set_xscale("log")
+        ax.set_title(f"difficulty {d}")
+        ax.set_xlabel("evaluations of f")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("exact-match accuracy (%)")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

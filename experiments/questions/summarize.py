@@ -6,7 +6,8 @@ Reads ``<run>/examine/examine.json``, ``<run>/examine/examples.csv``, ``<run>/sw
 ``<run>/run/config.json`` for every run under the folders. A run's name is
 ``<variant>-seed<k>`` (or ``<variant>-w<width>-seed<k>``); models are grouped by folder and
 variant, with mean and spread (population standard deviation) over seeds. Prints Markdown
-tables and writes ``questions.md``, ``questions.json`` and ``models.csv`` into ``questions/``
+tables and writes ``questions.md``, ``questions.json``, ``models.csv`` and ``questions.png``
+into ``questions/``
 next to the first folder (``runs/experiments/questions`` by default).
 """
 
@@ -258,6 +259,37 @@ def tables(models: list[dict]) -> tuple[str, dict]:
     return "\n".join(out), data
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Per model: contraction and path independence against accuracy at the test size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("train_median_radius", "median spectral radius of df/dz at z* (train size)", True),
+        ("train_median_norm", "median spectral norm of df/dz at z* (train size)", True),
+        ("test_frac_path_independent", "path-independent samples (test size)", False),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.8), sharey=True)
+    groups = defaultdict(list)
+    for r in rows:
+        groups[f"{r['folder']}/{r['variant']}"].append(r)
+    for ax, (key, label, log) in zip(axes, panels, strict=True):
+        for name, g in groups.items():
+            ax.scatter([r[key] for r in g], [100 * r["test_accuracy"] for r in g], label=name)
+        if log:
+            ax.set_xscale("log")
+            ax.axvline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xlabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("exact-match accuracy at the test size (%)")
+    axes[-1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(roots: list[str]) -> None:
     models = load(roots)
     if not models:
@@ -268,6 +300,7 @@ def main(roots: list[str]) -> None:
     (first / "questions.md").write_text(text + "\n")
     (first / "questions.json").write_text(json.dumps(data, indent=2))
     rows = data["models"]
+    plot(rows, first / "questions.png")
     with open(first / "models.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
