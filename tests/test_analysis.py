@@ -425,6 +425,31 @@ def test_compute_curve_budgets_cost_what_they_say(method, tol):
         assert torch.equal(curve.per_sample_metric[k], right)
 
 
+@pytest.mark.parametrize("pick", ["best", "last"])
+def test_compute_curve_memory_does_not_grow_with_the_budget(pick):
+    """One pass reads budgets out as the solve passes them; it keeps no iterates."""
+    from deqkit.bench.memory import PeakMemory
+
+    n, B = 500, 8
+    x = torch.randn(B, n, dtype=D, generator=gen(1))
+    model = ToyModel(TanhCell(n, gain=2.0), nn.Linear(n, 3, dtype=D), solver="anderson")
+    model.seen = _Forgetful()  # the readout's record would grow with the budgets read
+    y = torch.zeros(B, dtype=torch.long)
+    peaks = {}
+    for budget in (50, 400):
+        with PeakMemory() as mem:
+            curve = A.compute_curve(model, x, y, [1, 10, budget], pick=pick, tol=1e-300)
+        assert int(curve.evaluations.max()) == budget
+        peaks[budget] = mem.peak
+    # keeping every iterate would add (400 - 50) * B * n * 8 bytes = 11.2 MB
+    assert peaks[400] < peaks[50] + 350 * B * n * 8 / 10, peaks
+
+
+class _Forgetful(list):
+    def append(self, item):
+        pass
+
+
 def test_compute_curve_solves_anew_for_solvers_with_several_evaluations_per_step():
     x = torch.randn(6, 6, dtype=D, generator=gen(1))
     model = ToyModel(TanhCell(), nn.Linear(6, 3, dtype=D), solver="newton")

@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from ..nn._state import Packer
 from ..solvers import Solver, resolve, solve
+from ..solvers._loop import check_budget, run
 from ._common import (
     check_callable,
     check_int,
@@ -111,14 +112,16 @@ def compute_curve(
     of ``f``, the first one at ``z0`` included, so budget 1 reads out ``z0``.
 
     For Picard, Anderson and Broyden, where each step costs one evaluation, one solve per
-    batch with ``max_iter = max(iterations)`` records its iterates and every budget is read
-    off it (row ``b - 1`` is the iterate after ``b`` evaluations); the states equal those
-    of fresh solves up to rounding. Other solvers (Newton-Krylov spends several evaluations
-    per step) are solved anew for each budget. The default ``tol`` is tiny so that each
-    budget is spent; pass the model's tolerance to also let samples stop early.
+    batch with ``max_iter = max(iterations)`` reads every budget out as it passes (the
+    iterate after ``b`` evaluations, or the best one so far), storing no iterates; the
+    states equal those of fresh solves up to rounding. Other solvers (Newton-Krylov spends
+    several evaluations per step) are solved anew for each budget. The default ``tol`` is
+    tiny so that each budget is spent; pass the model's tolerance to also let samples stop
+    early.
 
     The model runs in eval mode under ``torch.no_grad()``; its modules' training flags are
-    restored afterwards. Memory per batch grows as ``max(iterations) * batch_size * N``.
+    restored afterwards. Memory does not grow with the budget in one pass; solved anew, it is
+    that of one solve.
 
     Args:
         model: An equilibrium model: ``cell(z, u)``, ``inject(x)``, ``initial_state(x)``,
@@ -239,19 +242,38 @@ def _batch(model, x, y, budgets, metric, solver, tol, stop, pick, one_pass):
     def f(z: Tensor) -> Tensor:
         return packer.pack(model.cell(packer.unpack(z), u), "model.cell(z, u)").to(z.dtype)
 
+    def score(z: Tensor) -> Tensor:
+        out = metric(model.readout(packer.unpack(z.view(start.shape).to(start.dtype))), y)
+        if not isinstance(out, Tensor) or out.shape != (B,):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"metric must return a per-sample tensor of shape [{B}], got {got}")
+        return out.detach().to("cpu", torch.float64)
+
     kw = dict(tol=tol, stop=stop)
     states, resid, evals = [], [], []
     if one_pass:
-        res = solve(
-            f, start, solver, max_iter=budgets[-1], **kw, record_trace=True, record_iterates=True
-        )
-        rows = torch.arange(B, device=res.iterates.device)
-        for b, index, r in zip(
-            budgets, *_budget_rows(row_residuals(res), budgets, pick), strict=True
-        ):
-            states.append(res.iterates[index.to(rows.device), rows])
+        # Read each budget out as the solve passes it: row t (after t + 1 evaluations) is
+        # budget t + 1. Budgets past the last step taken (every sample stopped) read the end.
+        wanted = {b - 1 for b in budgets}
+        seen: dict[int, tuple[Tensor, Tensor]] = {}
+        end: list = [None]
+
+        def on_step(t, z, res, best_z, best_res):
+            z, r = (z, res) if pick == "last" else (best_z, best_res)
+            end[0] = (z, r)
+            if t in wanted:
+                seen[t] = (score(z), r.detach().cpu().clone())
+
+        check_budget(tol, stop, budgets[-1])
+        res = run(f, start, solver, float(tol), stop, budgets[-1], on_step=on_step)
+        for b in budgets:
+            if b - 1 not in seen:
+                seen[b - 1] = (score(end[0][0]), end[0][1].detach().cpu().clone())
+            s, r = seen[b - 1]
+            states.append(s)
             resid.append(r)
             evals.append(res.iterations.clamp(max=b))
+        return torch.stack(states), torch.stack(resid), torch.stack([e.cpu() for e in evals])
     else:
         last = pick == "last"
         for b in budgets:
@@ -259,46 +281,8 @@ def _batch(model, x, y, budgets, metric, solver, tol, stop, pick, one_pass):
             states.append(res.iterates[-1] if last else res.z)
             resid.append(row_residuals(res)[-1] if last else res.residual)
             evals.append(res.iterations)
-    scores = []
-    for z in states:
-        score = metric(model.readout(packer.unpack(z)), y)
-        if not isinstance(score, Tensor) or score.shape != (B,):
-            got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
-            raise ValueError(f"metric must return a per-sample tensor of shape [{B}], got {got}")
-        scores.append(score.detach().to("cpu", torch.float64))
     return (
-        torch.stack(scores),
+        torch.stack([score(z) for z in states]),
         torch.stack([r.detach().cpu() for r in resid]),
         torch.stack([e.cpu() for e in evals]),
     )
-
-
-def _budget_rows(rows: Tensor, budgets: list[int], pick: str) -> tuple[list[Tensor], list[Tensor]]:
-    """For each budget, the row index ``[B]`` of each sample's state and its residual.
-
-    ``"best"`` mirrors the solve loop: a row replaces the best so far only where its
-    residual is strictly lower, so ties keep the earlier row.
-    """
-    T = rows.shape[0]
-    if pick == "last":
-        picks = [min(b, T) - 1 for b in budgets]
-        return (
-            [torch.full_like(rows[0], t, dtype=torch.long) for t in picks],
-            [rows[t] for t in picks],
-        )
-    index = torch.zeros_like(rows[0], dtype=torch.long)
-    best = rows[0]
-    out_index, out_res = [], []
-    j = 0
-    for t in range(T):
-        if t:
-            better = rows[t] < best
-            index = torch.where(better, t, index)
-            best = torch.where(better, rows[t], best)
-        while j < len(budgets) and budgets[j] - 1 <= t:
-            out_index.append(index)
-            out_res.append(best)
-            j += 1
-    out_index += [index] * (len(budgets) - j)
-    out_res += [best] * (len(budgets) - j)
-    return out_index, out_res

@@ -165,11 +165,18 @@ def run(
     max_iter: int,
     record_trace: bool = False,
     record_iterates: bool = False,
+    on_step: Callable[[int, Tensor, Tensor, Tensor, Tensor], None] | None = None,
 ) -> SolveResult:
     """The shared loop behind :func:`solve`, without argument checks or ``no_grad``.
 
     Under autograd it records a graph through every step (the "unrolled" backward of
     :class:`deqkit.DEQ`); :func:`solve` is what users call.
+
+    ``on_step(t, z, res, best_z, best_res)``, when given, is called at ``z0`` (``t = 0``) and
+    after every step ``t``: each sample's current iterate and its residual, and its lowest-
+    residual iterate so far and that residual (``z``'s are ``[B, n]`` views in the state
+    dtype; do not modify them). Row ``t`` equals ``iterates[t]`` of a recording solve, so
+    readouts at every step need no stored iterates.
     """
     state_dtype = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
     ev = Evaluator(f, z0, state_dtype, stop, max_iter)
@@ -182,6 +189,8 @@ def run(
     best_z, best_res = p.z, p.res  # never modified in place
     trace = [p.res.clone()] if record_trace else None
     iterates = [p.z] if record_iterates else None
+    if on_step is not None:
+        on_step(0, p.z, p.res, best_z, best_res)
     state = solver.init(ev, p, active)
     # Host synchronisation ("is anyone still running?", "did every sample take its step?") is
     # free on the CPU, where it lets whole-batch cases skip per-sample selects; on an
@@ -209,6 +218,8 @@ def run(
             trace.append(torch.where(active, p.res, torch.nan))
         if iterates is not None:
             iterates.append(p.z)
+        if on_step is not None:
+            on_step(step + 1, p.z, p.res, best_z, best_res)
         active = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)
         ev.active = active
         ev.all_active = sync_every == 1 and bool(active.all())
