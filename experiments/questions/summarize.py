@@ -103,6 +103,14 @@ def per_model_rows(models: list[dict]) -> list[dict]:
         row |= {"train_difficulty": train_d, "test_difficulty": test_d}
         row |= {f"train_{k}": v for k, v in tr.items() if not k.startswith("readout_curve")}
         row |= {f"test_{k}": v for k, v in te.items() if not k.startswith("readout_curve")}
+        conv = [e for e in m["examples"] if e["difficulty"] == test_d and e["converged"] == "True"]
+        row["test_converged_n"] = len(conv)
+        row["test_best_beats_fixed_point_converged"] = (
+            sum(float(e["best_readout_accuracy"]) > float(e["position_accuracy"]) for e in conv)
+            / len(conv)
+            if conv
+            else float("nan")
+        )
         row["largest_difficulty"] = largest
         row["largest_accuracy"] = _sweep_best(m, largest)
         rows.append(row)
@@ -146,6 +154,7 @@ def tables(models: list[dict]) -> tuple[str, dict]:
             lambda g: _mean_sd(col(g, "test_accuracy")),
             lambda g: _mean_sd(col(g, "test_oracle_accuracy")),
             lambda g: _mean_sd(col(g, "test_best_readout_beats_fixed_point")),
+            lambda g: _mean_sd(col(g, "test_best_beats_fixed_point_converged")),
             lambda g: _mean_sd(col(g, "test_ever_correct_not_at_fixed_point")),
             lambda g: " / ".join(
                 _mean_sd(col(g, f"test_picard_{k}"), digits=0)
