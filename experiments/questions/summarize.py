@@ -189,7 +189,7 @@ def tables(models: list[dict]) -> tuple[str, dict]:
     )
     table(
         "Model's solver (Anderson) against plain iteration, forward and backward (exp. 5), "
-        "% of samples converged to 1e-4 within 200 evaluations (test size)",
+        "% of samples converged to 1e-4 within the budget (test size)",
         [
             "model",
             "seeds",
