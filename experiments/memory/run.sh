@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Memory of a DEQ against explicit deep networks of equal accuracy (issue experiment 7):
-# train the multiscale conv DEQ and its explicit twins of depth 1, 2, 4 and 8 on digits,
-# for each seed, then measure the peak memory of one training step of each (measure.py).
+# train the multiscale conv DEQ (phantom gradient) and its explicit twins of depth 1, 2, 4
+# and 8 on digits for each seed, and the DEQ with the implicit gradient (the model's default,
+# which trains poorly here) for the first seed; then measure the peak memory of one training
+# step of each (measure.py).
 # Resumable: finished runs are skipped.
 #
 #   bash experiments/memory/run.sh [SEEDS...]        (default seeds 0 1 2)
@@ -25,8 +27,10 @@ train() {  # name config seed [--set ...]
     fi
     touch "$run/done"
 }
+first=${SEEDS%% *}
+train deq_implicit experiments/memory/deq_implicit.toml "$first"
 for seed in $SEEDS; do
-    train deq experiments/memory/deq.toml "$seed"
+    train deq_phantom experiments/memory/deq_phantom.toml "$seed"
     for depth in 1 2 4 8; do
         train "explicit_d$depth" experiments/memory/explicit.toml "$seed" \
             --set "model_kwargs={\"depth\": $depth}"
