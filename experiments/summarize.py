@@ -18,40 +18,59 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def main(folder: str) -> None:
-    root = Path(folder)
-    runs = defaultdict(list)  # variant -> [sweep dict per seed]
-    for path in sorted(root.glob("*-seed*/sweep.json")):
-        variant = re.sub(r"-seed\d+$", "", path.parent.name)
-        runs[variant].append(json.loads(path.read_text()))
-    if not runs:
-        raise SystemExit(f"no */sweep.json under {root}")
-    summary, lines = {}, []
-    budgets = None
+def collect(paths: list[Path]) -> dict[str, list[tuple[str, dict]]]:
+    """``{variant: [(seed, sweep dict)]}`` from ``<variant>-seed<k>[/long]/sweep.json``."""
+    runs = defaultdict(list)
+    for path in paths:
+        run = path.parent if path.parent.name != "long" else path.parent.parent
+        variant, seed = re.fullmatch(r"(.*)-seed(\d+)", run.name).groups()
+        runs[variant].append((seed, json.loads(path.read_text())))
+    return runs
+
+
+def table(runs: dict[str, list[tuple[str, dict]]]) -> tuple[str, dict]:
+    """Markdown (mean ± sd over seeds per budget, and each seed at the largest budget)."""
+    summary, budgets = {}, None
     for variant, sweeps in runs.items():
-        for difficulty in sweeps[0]:
-            curves = [s[difficulty] for s in sweeps]
+        for difficulty in sweeps[0][1]:
+            curves = [s[difficulty] for _, s in sweeps]
             budgets = curves[0]["iterations"]
             accs = list(zip(*[c["metric"] for c in curves], strict=True))
             summary[f"{variant}/{difficulty}"] = {
                 "seeds": len(curves),
+                "seed_ids": [seed for seed, _ in sweeps],
                 "iterations": budgets,
                 "mean": [statistics.fmean(a) for a in accs],
                 "std": [statistics.pstdev(a) for a in accs],
+                "per_seed_at_max": [c["metric"][-1] for c in curves],
             }
-    head = "| variant | length | seeds | " + " | ".join(f"{b} it" for b in budgets) + " |"
-    lines = [head, "|---" * (len(budgets) + 3) + "|"]
+    head = "| variant | length | seeds | " + " | ".join(f"{b} it" for b in budgets)
+    lines = [head + f" | each seed at {budgets[-1]} it |", "|---" * (len(budgets) + 4) + "|"]
     for key, s in summary.items():
         variant, difficulty = key.split("/")
         cells = " | ".join(
             f"{100 * m:.1f} ± {100 * d:.1f}" for m, d in zip(s["mean"], s["std"], strict=True)
         )
-        lines.append(f"| {variant} | {difficulty} | {s['seeds']} | {cells} |")
-    table = "\n".join(lines)
-    (root / "summary.md").write_text(table + "\n")
-    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+        each = " / ".join(f"{100 * a:.0f}" for a in s["per_seed_at_max"])
+        lines.append(f"| {variant} | {difficulty} | {s['seeds']} | {cells} | {each} |")
+    return "\n".join(lines), summary
+
+
+def main(folder: str) -> None:
+    root = Path(folder)
+    runs = collect(sorted(root.glob("*-seed*/sweep.json")))
+    if not runs:
+        raise SystemExit(f"no */sweep.json under {root}")
+    text, summary = table(runs)
+    out = {"sweeps": summary}
+    long_runs = collect(sorted(root.glob("*-seed*/long/sweep.json")))
+    if long_runs:
+        long_text, out["long"] = table(long_runs)
+        text += "\n\nLonger budgets:\n\n" + long_text
+    (root / "summary.md").write_text(text + "\n")
+    (root / "summary.json").write_text(json.dumps(out, indent=2))
     plot(summary, root / "summary.png")
-    print(table)
+    print(text)
 
 
 def plot(summary: dict, path: Path) -> None:
