@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import statistics
 import sys
@@ -115,6 +116,9 @@ def summarise(rows: list[dict]) -> str:
         groups[r["model"]].append(r)
 
     def ms(values, fmt):
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return "-"
         if len(values) == 1:
             return fmt.format(values[0])
         return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(statistics.pstdev(values))}"
