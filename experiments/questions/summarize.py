@@ -146,6 +146,7 @@ def tables(models: list[dict]) -> tuple[str, dict]:
             "fixed point acc. (test)",
             "best-iterate acc. (test)",
             "best readout beats z* (test)",
+            "same, converged samples only",
             "right at some iterate, wrong at z* (test)",
             "plain: fixed point / cycle / neither (test)",
         ],
@@ -229,8 +230,8 @@ def tables(models: list[dict]) -> tuple[str, dict]:
             "median path score train",
             "path-independent (% samples) train",
             "path-independent (% samples) test",
-            "acc. test | path-indep. (%)",
-            "acc. test | path-dep. (%)",
+            "acc. test, path-indep. samples (%)",
+            "acc. test, path-dep. samples (%)",
             "acc. test (%)",
         ],
         [
