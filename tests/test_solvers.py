@@ -39,15 +39,7 @@ ONE_EVAL_PER_STEP = ("picard", "anderson", "broyden")  # Newton spends several p
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: intra-op threads cost more than they save, and on a busy
-    two-core runner OpenMP spin-waits made a batched 16 x 16 solve take 15 ms instead of
-    20 us. Restored afterwards, so other modules keep their setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Counted:

@@ -13,13 +13,7 @@ from deqkit import solve
 from deqkit.study import EXAMPLE_COLUMNS, _adjoint, examine
 from deqkit.train import TrainConfig, model_from_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Linear(nn.Module):

@@ -85,13 +85,7 @@ class SeqModel(nn.Module):
 STAND_IN = f"{__name__}:SeqModel"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: on a busy 2-core machine, intra-op threads only contend (10x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(tmp_path: Path, name: str = "run", **changes) -> TrainConfig:

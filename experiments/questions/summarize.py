@@ -19,6 +19,7 @@ import math
 import re
 import statistics
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,29 +37,15 @@ def _mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 def _spearman(xs: list[float], ys: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN when undefined."""
+    """Spearman rank correlation over the pairs without NaN; NaN when undefined."""
+    from scipy.stats import spearmanr
+
     pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if not (math.isnan(x) or math.isnan(y))]
     if len(pairs) < 3:
         return float("nan")
-
-    def ranks(v):
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks([p[0] for p in pairs]), ranks([p[1] for p in pairs])
-    try:
-        return statistics.correlation(rx, ry)
-    except statistics.StatisticsError:
-        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant column gives NaN, said as a warning
+        return float(spearmanr(*zip(*pairs, strict=True)).statistic)
 
 
 def load(roots: list[str]) -> list[dict]:

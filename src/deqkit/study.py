@@ -51,6 +51,13 @@ def _device_of(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _difficulties(config: Any, difficulties: Sequence[int] | None) -> list[int | None]:
+    """The test difficulties asked for, else the config's; ``[None]`` for data sets."""
+    if not config.procedural:
+        return [None]
+    return list(difficulties or config.eval_difficulties or (config.difficulty,))
+
+
 def sweep(
     model: nn.Module,
     config: Any,
@@ -89,10 +96,7 @@ def sweep(
     if not hasattr(model, "cell"):
         raise TypeError(f"sweep needs an equilibrium model, got {type(model).__name__}")
     data = Data(config)
-    if config.procedural:
-        diffs = list(difficulties or config.eval_difficulties or (config.difficulty,))
-    else:
-        diffs = [None]
+    diffs = _difficulties(config, difficulties)
     device = _device_of(model)
     curves = {}
     for d in diffs:
@@ -480,10 +484,7 @@ def examine(
         raise ValueError(f"tol must be a number > 0, got {tol!r}")
     method = method or model.deq.settings.solver
     data = Data(config)
-    if config.procedural:
-        diffs = list(difficulties or config.eval_difficulties or (config.difficulty,))
-    else:
-        diffs = [None]
+    diffs = _difficulties(config, difficulties)
     device = _device_of(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     summaries, rows, curves_by_d = {}, [], {}

@@ -256,19 +256,19 @@ def _batch(model, x, y, budgets, metric, solver, tol, stop, pick, one_pass):
         # budget t + 1. Budgets past the last step taken (every sample stopped) read the end.
         wanted = {b - 1 for b in budgets}
         seen: dict[int, tuple[Tensor, Tensor]] = {}
-        end: list = [None]
+        end: tuple[Tensor, Tensor] | None = None
 
         def on_step(t, z, res, best_z, best_res):
-            z, r = (z, res) if pick == "last" else (best_z, best_res)
-            end[0] = (z, r)
+            nonlocal end
+            end = (z, res) if pick == "last" else (best_z, best_res)
             if t in wanted:
-                seen[t] = (score(z), r.detach().cpu().clone())
+                seen[t] = (score(end[0]), end[1].detach().cpu().clone())
 
         check_budget(tol, stop, budgets[-1])
         res = run(f, start, solver, float(tol), stop, budgets[-1], on_step=on_step)
         for b in budgets:
             if b - 1 not in seen:
-                seen[b - 1] = (score(end[0][0]), end[0][1].detach().cpu().clone())
+                seen[b - 1] = (score(end[0]), end[1].detach().cpu().clone())
             s, r = seen[b - 1]
             states.append(s)
             resid.append(r)

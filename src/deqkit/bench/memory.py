@@ -27,6 +27,7 @@ __all__ = [
     "MemoryConfig",
     "MemoryRow",
     "PeakMemory",
+    "check_memory_targets",
     "format_memory_table",
     "plot_memory",
     "run_memory_benchmark",
