@@ -10,25 +10,32 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
-from ..solvers import NewtonKrylov, Solver, SolveResult, resolve
+from ..solvers import Solver, SolveResult, resolve
 from ..solvers._loop import check_budget, run, solve
+from ._gradients import GRADIENTS, Gradient, Implicit, Phantom, attach_implicit, make_gradient
 from ._state import Packer, State
 
 __all__ = ["DEQ", "DEQInfo"]
 
-BACKWARD_MODES = ("implicit", "phantom", "unrolled")
+BACKWARD_MODES = tuple(GRADIENTS)
 
 
 @dataclass(frozen=True)
 class _Settings:
+    """The settings of a :class:`DEQ` as given, validated and resolved once.
+
+    ``solver_obj`` (the forward :class:`~deqkit.solvers.Solver`), ``gradient`` (the
+    :class:`Gradient`) and ``adjoint`` (the bound adjoint solve of an implicit gradient) are
+    computed in ``__post_init__``, so a call with these settings does no validation.
+    """
+
     solver: str | Solver = "anderson"
     tol: float = 1e-4
     max_iter: int = 30
     stop: str = "rel"
-    backward: str = "implicit"
+    backward: str | Gradient | dict = "implicit"
     backward_solver: str | Solver | None = None
     backward_tol: float | None = None
     backward_max_iter: int | None = None
@@ -38,59 +45,34 @@ class _Settings:
 
     def __post_init__(self):
         check_budget(self.tol, self.stop, self.max_iter)
-        resolve(self.solver, self.solver_options)
-        if self.backward not in BACKWARD_MODES:
-            raise ValueError(
-                f"backward must be one of {', '.join(BACKWARD_MODES)}, got {self.backward!r}"
+        set_ = object.__setattr__
+        set_(self, "solver_obj", resolve(self.solver, self.solver_options))
+        gradient = make_gradient(
+            self.backward,
+            backward_solver=self.backward_solver,
+            backward_tol=self.backward_tol,
+            backward_max_iter=self.backward_max_iter,
+            backward_options=self.backward_options,
+        )
+        set_(self, "gradient", gradient)
+        adjoint = None
+        if isinstance(gradient, Implicit):
+            adjoint = gradient.bind(
+                self.solver, self.solver_options, float(self.tol), self.stop, self.max_iter
             )
-        if self.backward == "implicit":
-            check_budget(self.adjoint_tol, self.stop, self.adjoint_max_iter)
-            resolve(self.adjoint_solver, self.adjoint_options)
-        else:
-            for name in ("backward_solver", "backward_tol", "backward_max_iter"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} applies to backward='implicit' only")
-        if self.backward == "phantom":
-            self.phantom_steps()  # validates k and tau
-        elif self.backward == "unrolled" and self.backward_options:
-            raise TypeError("backward='unrolled' takes no backward_options")
+        if gradient.unrolls and not self.solver_obj.differentiable_steps:
+            raise ValueError(
+                f"backward='unrolled' needs a solver whose steps are differentiable (picard, "
+                f"anderson, broyden); {self.solver_obj.name!r} is not one"
+            )
+        set_(self, "adjoint", adjoint)
         if isinstance(self.correction, bool) or not isinstance(self.correction, int):
             raise ValueError(f"correction must be an integer >= 0, got {self.correction!r}")
         if self.correction < 0:
             raise ValueError(f"correction must be an integer >= 0, got {self.correction!r}")
 
-    @property
-    def adjoint_solver(self) -> str | Solver:
-        return self.solver if self.backward_solver is None else self.backward_solver
 
-    @property
-    def adjoint_options(self) -> dict:
-        if self.backward_options is not None:
-            return self.backward_options
-        return (self.solver_options or {}) if self.backward_solver is None else {}
-
-    @property
-    def adjoint_tol(self) -> float:
-        return self.tol / 10 if self.backward_tol is None else self.backward_tol
-
-    @property
-    def adjoint_max_iter(self) -> int:
-        return 2 * self.max_iter if self.backward_max_iter is None else self.backward_max_iter
-
-    def phantom_steps(self) -> tuple[int, float]:
-        """Phantom ``(k, tau)`` from ``backward_options``, validated."""
-        opts = dict(self.backward_options or {})
-        k, tau = opts.pop("k", 5), opts.pop("tau", 0.5)
-        if opts:
-            raise TypeError(
-                f"unknown backward_options {', '.join(sorted(opts))} for backward='phantom'; "
-                "valid: k, tau"
-            )
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"phantom k must be an integer >= 1, got {k!r}")
-        if not (0.0 < tau <= 1.0):
-            raise ValueError(f"phantom tau must be in (0, 1], got {tau!r}")
-        return k, float(tau)
+SETTINGS = tuple(f.name for f in dataclasses.fields(_Settings))
 
 
 class DEQInfo:
@@ -103,6 +85,9 @@ class DEQInfo:
         backward: The adjoint solve's :class:`~deqkit.SolveResult` once ``backward()`` has run
             through an implicit-mode call, else ``None``. Its ``iterations`` count
             vector-Jacobian products.
+        fallback: With ``Implicit(fallback=Phantom(...))``, once ``backward()`` has run: a
+            ``[B]`` bool tensor, ``True`` for the samples whose gradient came from the
+            phantom fallback (forward or adjoint solve not converged); else ``None``.
         corrections: With ``correction=n > 0`` under autograd, ``n`` differentiable states
             ``f(z_i, x)`` at intermediate iterates ``z_i`` of the forward solve, for a
             fixed-point correction loss (Bai et al. 2022); else an empty list.
@@ -111,6 +96,7 @@ class DEQInfo:
     def __init__(self, forward: SolveResult, corrections: list[State] | None = None):
         self.forward = forward
         self.backward: SolveResult | None = None
+        self.fallback: Tensor | None = None
         self.corrections: list[State] = corrections or []
 
     def __getattr__(self, name: str) -> Any:
@@ -121,47 +107,6 @@ class DEQInfo:
     def __repr__(self) -> str:
         back = self.backward.summary() if self.backward is not None else "not run"
         return f"DEQInfo(forward: {self.forward.summary()}; backward: {back})"
-
-
-@dataclass
-class _Adjoint:
-    solver: Solver
-    tol: float
-    stop: str
-    max_iter: int
-    info: DEQInfo
-
-
-class _ImplicitGrad(torch.autograd.Function):
-    """Identity on ``f(z*)`` whose backward solves the adjoint fixed point.
-
-    Forward gets ``fz = f(z*, x)`` (with its graph to the parameters and ``x``) and the leaf
-    ``z*``. Backward receives ``v = dL/dz*`` and solves ``u = J^T u + v``, ``J = df/dz`` at
-    ``z*``, with one vector-Jacobian product per evaluation; autograd then carries ``u`` into
-    ``fz``'s graph, giving ``dL/dtheta = u^T df/dtheta`` (implicit function theorem).
-    """
-
-    @staticmethod
-    def forward(ctx, fz: Tensor, z: Tensor, adj: _Adjoint) -> Tensor:
-        ctx.save_for_backward(fz, z)
-        ctx.adj = adj
-        return fz.view_as(fz)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        fz, z = ctx.saved_tensors
-        adj: _Adjoint = ctx.adj
-
-        def adjoint_map(u: Tensor) -> Tensor:
-            return torch.autograd.grad(fz, z, u, retain_graph=True)[0] + grad
-
-        with torch.enable_grad():
-            res = solve(
-                adjoint_map, grad, adj.solver, tol=adj.tol, stop=adj.stop, max_iter=adj.max_iter
-            )
-        adj.info.backward = res
-        return res.z, None, None
 
 
 def _parametrized_tensors(module: Any) -> list[tuple[nn.Module, str]]:
@@ -176,20 +121,29 @@ def _parametrized_tensors(module: Any) -> list[tuple[nn.Module, str]]:
 
 
 class DEQ(nn.Module):
-    r"""A deep equilibrium layer: ``z* = f(z*, x)``, differentiated implicitly.
+    r"""A deep equilibrium layer: ``z* = f(z*, x)``, with a chosen gradient.
 
     ``deq(x)`` solves for the fixed point of ``z -> f(z, x)`` with a solver from
-    :mod:`deqkit.solvers` (no autograd graph is kept of the iterations), then attaches a
-    gradient chosen by ``backward``:
+    :mod:`deqkit.solvers` (no autograd graph is kept of the iterations), then attaches the
+    gradient ``backward`` names, a gradient object or its alias string:
 
-    * ``"implicit"``: implicit function theorem. Backward solves ``u = J^T u + dL/dz*``
-      (``J = df/dz`` at ``z*``) with ``backward_solver`` (one vector-Jacobian product per
+    * :class:`~deqkit.Implicit` / ``"implicit"``: implicit function theorem. Backward solves
+      ``u = J^T u + dL/dz*`` (``J = df/dz`` at ``z*``; one vector-Jacobian product per
       evaluation), then ``dL/dtheta = u^T df/dtheta``. Memory does not grow with iterations.
-    * ``"phantom"``: backprop through ``k`` damped steps ``z <- (1 - tau) z + tau f(z, x)``
-      taken from ``z*`` (``backward_options={"k": 5, "tau": 0.5}`` by default); ``k=1, tau=1``
-      is the Jacobian-free (JFB) gradient (Fung et al. 2022; Geng et al. 2021).
-    * ``"unrolled"``: backprop through the solver's own iterations (memory grows with them):
-      the baseline to compare against. Supports picard, anderson and broyden.
+      ``Implicit(fallback=Phantom(...))`` uses the phantom adjoint for the samples whose
+      forward or adjoint solve did not converge.
+    * :class:`~deqkit.Phantom` / ``"phantom"``: backprop through ``k`` damped steps
+      ``z <- (1 - tau) z + tau f(z, x)`` taken from ``z*`` (``k=5, tau=0.5`` by default);
+      ``k=1, tau=1`` is the Jacobian-free (JFB) gradient (Fung et al. 2022; Geng et al. 2021).
+    * :class:`~deqkit.Unrolled` / ``"unrolled"``: backprop through the solver's own iterations
+      (memory grows with them): the baseline to compare against. Supports picard, anderson
+      and broyden.
+
+    The string aliases keep the ``backward_solver``, ``backward_tol``, ``backward_max_iter``
+    and ``backward_options`` arguments (the same as ``Implicit(solver, tol, max_iter,
+    **options)`` or ``Phantom(**options)``); with a gradient object they must be left out.
+    All settings are validated and resolved once, at construction, and once per distinct
+    set of call overrides.
 
     With ``implicit`` or ``phantom``, the returned state is ``f(z*, x)`` (one extra evaluation
     with autograd on, equal to ``z*`` at the fixed point) when autograd is recording, and
@@ -206,7 +160,9 @@ class DEQ(nn.Module):
         tol: Forward tolerance. Default ``1e-4``.
         max_iter: Forward evaluation budget. Default ``30``.
         stop: ``"rel"`` (default) or ``"abs"``.
-        backward: ``"implicit"`` (default), ``"phantom"`` or ``"unrolled"``.
+        backward: A :class:`~deqkit.Implicit`, :class:`~deqkit.Phantom` or
+            :class:`~deqkit.Unrolled` object, its alias ``"implicit"`` (default),
+            ``"phantom"`` or ``"unrolled"``, or a spec dict (``{"name": "phantom", "k": 3}``).
         backward_solver: Adjoint method (implicit only). Default: the forward solver and its
             ``solver_options``.
         backward_tol: Adjoint tolerance (implicit only). Default ``tol / 10``.
@@ -234,7 +190,7 @@ class DEQ(nn.Module):
         tol: float = 1e-4,
         max_iter: int = 30,
         stop: str = "rel",
-        backward: str = "implicit",
+        backward: str | Gradient | dict = "implicit",
         backward_solver: str | Solver | None = None,
         backward_tol: float | None = None,
         backward_max_iter: int | None = None,
@@ -270,14 +226,35 @@ class DEQ(nn.Module):
             )
         return init(x)
 
-    def forward(self, x: Any, z0: State | None = None, **overrides) -> tuple[State, DEQInfo]:
-        valid = {f.name for f in dataclasses.fields(_Settings)}
-        unknown = sorted(set(overrides) - valid)
+    @property
+    def gradient(self) -> Gradient:
+        """The gradient object the constructor settings resolve to."""
+        return self.settings.gradient
+
+    def resolved(self, **overrides: Any) -> _Settings:
+        """The settings of a call with ``overrides``, validated once per override set."""
+        if not overrides:
+            return self.settings
+        unknown = sorted(set(overrides) - set(SETTINGS))
         if unknown:
             raise TypeError(
-                f"unknown DEQ setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+                f"unknown DEQ setting(s) {', '.join(unknown)}; valid: {', '.join(SETTINGS)}"
             )
-        s = dataclasses.replace(self.settings, **overrides) if overrides else self.settings
+        try:
+            key = repr(sorted(overrides.items()))
+        except TypeError:  # unorderable values: resolve without the cache
+            return dataclasses.replace(self.settings, **overrides)
+        cache = self.__dict__.setdefault("_resolved", {})
+        hit = cache.get(key)
+        if hit is None:
+            hit = dataclasses.replace(self.settings, **overrides)
+            if len(cache) >= 64:  # a budget sweep makes many; keep the most recent
+                cache.pop(next(iter(cache)))
+            cache[key] = hit
+        return hit
+
+    def forward(self, x: Any, z0: State | None = None, **overrides) -> tuple[State, DEQInfo]:
+        s = self.resolved(**overrides)
         if z0 is None:
             z0 = self.initial_state(x)
         packer = Packer.of(z0, "z0")
@@ -291,50 +268,49 @@ class DEQ(nn.Module):
         with cache:
             for module, name in params:  # fill the cache once, with the graph if recording
                 getattr(module, name)
-            z, info = self._solve(fx, z0_flat, s)
+            try:
+                z, info = self._solve(fx, z0_flat, s)
+            except RuntimeError as err:
+                _explain_batch_mismatch(x, z0_flat.shape[0], err)
+                raise
         info.corrections = [packer.unpack(c) for c in info.corrections]
         return packer.unpack(z), info
 
     def _solve(self, fx, z0: Tensor, s: _Settings) -> tuple[Tensor, DEQInfo]:
-        solver = resolve(s.solver, s.solver_options)
         recording = torch.is_grad_enabled()
-        if s.backward == "unrolled" and recording:
-            if isinstance(solver, NewtonKrylov):
-                raise ValueError("backward='unrolled' supports picard, anderson and broyden")
-            res = run(fx, z0, solver, float(s.tol), s.stop, s.max_iter)
+        gradient: Gradient = s.gradient
+        if gradient.unrolls and recording:
+            res = run(fx, z0, s.solver_obj, float(s.tol), s.stop, s.max_iter)
             return res.z, DEQInfo(res)
         want_iterates = recording and s.correction > 0
         res = solve(
             fx,
             z0,
-            solver,
+            s.solver_obj,
             tol=s.tol,
             stop=s.stop,
             max_iter=s.max_iter,
             record_iterates=want_iterates,
         )
-        z_star = res.z
         if not recording:
-            return z_star, DEQInfo(res)
+            return res.z, DEQInfo(res)
         corrections = []
         if want_iterates:
             steps = res.iterates.shape[0]
             picks = torch.linspace(0, steps - 1, s.correction + 2)[1:-1].round().long().unique()
             corrections = [fx(res.iterates[i]) for i in picks.tolist()]
         info = DEQInfo(res, corrections)
-        if s.backward == "phantom":
-            k, tau = s.phantom_steps()
-            z = z_star
-            for _ in range(k):
-                z = (1.0 - tau) * z + tau * fx(z)
-            return z, info
-        z_leaf = z_star.detach().requires_grad_()
-        fz = fx(z_leaf)
-        adj = _Adjoint(
-            resolve(s.adjoint_solver, s.adjoint_options),
-            float(s.adjoint_tol),
-            s.stop,
-            s.adjoint_max_iter,
-            info,
-        )
-        return _ImplicitGrad.apply(fz, z_leaf, adj), info
+        if isinstance(gradient, Phantom):
+            return gradient.attach(fx, res.z), info
+        return attach_implicit(fx, res, s.adjoint, info), info
+
+
+def _explain_batch_mismatch(x: Any, batch: int, err: RuntimeError) -> None:
+    """Turn ``f``'s shape error into one naming both batch sizes, when that is the cause."""
+    parts = x if isinstance(x, tuple | list) else (x,)
+    for t in parts:
+        if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] != batch:
+            raise ValueError(
+                f"x has batch size {t.shape[0]} but z0 has batch size {batch}: they must agree "
+                f"(both batch first); f failed with: {err}"
+            ) from err

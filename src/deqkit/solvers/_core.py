@@ -6,7 +6,7 @@ import enum
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -244,9 +244,14 @@ class Solver:
 
     Subclass, give it a ``name`` and register it with :func:`deqkit.solvers.register` to make
     it available by name.
+
+    Capabilities are declared here, not found by ``isinstance``: ``differentiable_steps`` says
+    whether autograd through :meth:`step` gives the derivative of the iteration (the unrolled
+    gradient of :class:`deqkit.DEQ` needs it).
     """
 
     name: str = "solver"
+    differentiable_steps: ClassVar[bool] = True
 
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> Any:
         """Return the solver state for the starting point ``p`` (default: no state).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,6 +48,7 @@ class NewtonKrylov(Solver):
     max_backtracks: int = 4
     jvp: str = "autodiff"
     name = "newton"
+    differentiable_steps: ClassVar[bool] = False  # GMRES and line search: no usable graph
 
     def __post_init__(self):
         for field, lo in (("krylov_dim", 1), ("max_backtracks", 0)):
