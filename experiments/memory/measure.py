@@ -48,7 +48,7 @@ def step_peak(objective: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[i
     model.zero_grad(set_to_none=True)
     generator = torch.Generator().manual_seed(0)
     with PeakMemory() as mem:
-        loss, _, info, _ = objective(x, y, generator)
+        loss, _, info, _ = objective(x, y, generator, objective.config.pretrain_steps)
         loss.backward()
     model.zero_grad(set_to_none=True)
     its = float(info.forward.iterations.float().mean()) if info is not None else float("nan")

@@ -3,6 +3,7 @@
 from ._deq import DEQ, DEQInfo
 from ._gradients import Gradient, Implicit, Phantom, Unrolled, make_gradient
 from ._norms import apply_spectral_norm, apply_weight_norm
+from ._recipe import Recipe, StepPlan
 from ._regularizers import jacobian_frobenius, mixed_init
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "Gradient",
     "Implicit",
     "Phantom",
+    "Recipe",
+    "StepPlan",
     "Unrolled",
     "apply_spectral_norm",
     "apply_weight_norm",

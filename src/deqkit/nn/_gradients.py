@@ -388,6 +388,18 @@ def attach_implicit(
     fx: Callable[[Tensor], Tensor], forward: SolveResult, adj: _Adjoint, info: Any
 ) -> Tensor:
     """``f(z*)`` with the implicit gradient attached (see :class:`ImplicitGrad`)."""
+    if _functorch_active():
+        raise RuntimeError(
+            "the implicit gradient does not support torch.func transforms (grad, jacrev, "
+            "vjp, ...): its backward solves the adjoint system with torch.autograd; under "
+            "torch.func use backward=deqkit.Phantom(...) or deqkit.Unrolled(), or take the "
+            "implicit gradient with loss.backward() / torch.autograd.grad"
+        )
     z_leaf = forward.z.detach().requires_grad_()
     fz = fx(z_leaf)
     return ImplicitGrad.apply(fz, z_leaf, adj, info, forward.converged)
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running."""
+    return torch._C._functorch.peek_interpreter_stack() is not None

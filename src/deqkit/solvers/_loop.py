@@ -187,6 +187,7 @@ def run(
     ev.active = active
     ev.all_active = sync_every == 1 and bool(active.all())
     best_z, best_res = p.z, p.res  # never modified in place
+    start = p.z
     trace = [p.res.clone()] if record_trace else None
     iterates = [p.z] if record_iterates else None
     if on_step is not None:
@@ -230,8 +231,8 @@ def run(
         torch.where(failed, int(Status.NONFINITE), int(Status.MAX_ITER)),
     )
     z = best_z.view(z0.shape).to(z0.dtype)
-    if z.untyped_storage().data_ptr() == z0.untyped_storage().data_ptr():
-        z = z.clone()  # no step was taken: never hand back the caller's z0 itself
+    if best_z is start:  # no sample improved on z0: never hand back (a view of) z0 itself
+        z = z.clone()
     return SolveResult(
         z=z,
         converged=converged,

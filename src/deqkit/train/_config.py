@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..nn import DEQ
+from ..nn import DEQ, Recipe
 
 __all__ = ["RESUMABLE_FIELDS", "TrainConfig", "load_config"]
 
@@ -74,6 +74,18 @@ _SOLVER_FIELDS = (
     "backward_max_iter",
     "jac_penalty",
     "jac_samples",
+    "jac_every",
+    "jac_stop",
+    "pretrain_steps",
+    "pretrain_iters",
+    "pretrain_backward",
+    "correction",
+    "correction_gamma",
+    "init",
+    "init_p",
+    "init_scale",
+    "max_iter_jitter",
+    "weight_norm",
 )
 _RECURRENT_FIELDS = ("train_iters", "progressive_alpha")
 
@@ -130,12 +142,27 @@ class TrainConfig:
         max_iter: Forward budget in deq mode; in recurrent mode the number of iterations
             run at evaluation (default ``train_iters``).
         stop: ``"rel"`` or ``"abs"``.
-        backward: ``"implicit"``, ``"phantom"`` or ``"unrolled"``.
+        backward: ``"implicit"``, ``"phantom"`` or ``"unrolled"``, or a gradient spec
+            table (``{ name = "implicit", fallback = { name = "phantom", k = 5 } }``, see
+            :func:`deqkit.nn.make_gradient`).
         backward_options: Phantom ``k``/``tau`` or the adjoint solver's hyperparameters.
         backward_solver, backward_tol, backward_max_iter: Adjoint solve (implicit only).
+
+    Recipes (``mode="deq"``; the fields of :class:`deqkit.nn.Recipe`, all off by default):
+        pretrain_steps, pretrain_iters, pretrain_backward: Train the first
+            ``pretrain_steps`` steps as a weight-tied stack of ``pretrain_iters`` plain steps
+            with the ``pretrain_backward`` gradient (default ``"unrolled"``).
         jac_penalty: Weight ``gamma`` of the Jacobian penalty
             ``gamma * mean(jacobian_frobenius(f, z*))``; ``0`` (default) turns it off.
         jac_samples: Hutchinson probes per step for the penalty. Default ``1``.
+        jac_every, jac_stop: Apply the penalty every ``jac_every`` steps (default 1),
+            before step ``jac_stop`` (default ``None``: always).
+        correction, correction_gamma: Fixed-point correction loss over ``correction``
+            intermediate iterates, weights ``correction_gamma ** (n + 1 - i)``.
+        init, init_p, init_scale: Training initial states, ``"zeros"`` (default),
+            ``"random"`` or ``"mixed"`` (a fraction ``init_p``), noise std ``init_scale``.
+        max_iter_jitter: Draw each step's forward budget from ``max_iter +- jitter``.
+        weight_norm: Weight-normalise every linear/conv layer of the cell.
         train_iters: Iterations of the recurrent run (recurrent mode). Default ``30``.
         progressive_alpha: Weight of the progressive term (recurrent mode), in ``[0, 1]``.
             Default ``0.5``.
@@ -195,6 +222,18 @@ class TrainConfig:
     backward_max_iter: int | None = None
     jac_penalty: float = 0.0
     jac_samples: int = 1
+    jac_every: int = 1
+    jac_stop: int | None = None
+    pretrain_steps: int = 0
+    pretrain_iters: int = 10
+    pretrain_backward: str | dict[str, Any] = "unrolled"
+    correction: int = 0
+    correction_gamma: float = 0.8
+    init: str = "zeros"
+    init_p: float = 0.5
+    init_scale: float = 1.0
+    max_iter_jitter: int = 0
+    weight_norm: bool = False
     train_iters: int = 30
     progressive_alpha: float = 0.5
     optimizer: str = "adamw"
@@ -236,7 +275,19 @@ class TrainConfig:
                     f"eval_difficulties must be a list of ints, got {self.eval_difficulties!r}"
                 )
             set_(self, "eval_difficulties", tuple(self.eval_difficulties))
-        for name in ("lr", "weight_decay", "momentum", "jac_penalty", "progressive_alpha"):
+        for name in ("backward", "pretrain_backward"):
+            if isinstance(getattr(self, name), dict):
+                set_(self, name, dict(getattr(self, name)))
+        for name in (
+            "lr",
+            "weight_decay",
+            "momentum",
+            "jac_penalty",
+            "progressive_alpha",
+            "correction_gamma",
+            "init_p",
+            "init_scale",
+        ):
             if _is_int(getattr(self, name)):
                 set_(self, name, float(getattr(self, name)))
         for name in ("tol", "backward_tol", "grad_clip"):
@@ -336,12 +387,56 @@ class TrainConfig:
         _real("jac_penalty", self.jac_penalty, low=0.0)
         _int("jac_samples", self.jac_samples, 1)
         try:
+            self.recipe()
+        except (TypeError, ValueError) as err:
+            message = str(err).replace("Recipe ", "").replace("jac_weight", "jac_penalty")
+            raise type(err)(message.replace("pretrain_gradient", "pretrain_backward")) from err
+        try:
             # The DEQ validates its own settings; a throwaway layer checks them here, where
             # the config is built, rather than at the first training step (settings left to
             # the model are checked with the DEQ defaults in their place).
             DEQ(_identity, **self.solver_overrides())
         except (TypeError, ValueError) as err:
             raise type(err)(f"invalid solver settings: {err}") from err
+
+    def recipe_fields(self) -> list[str]:
+        """The recipe fields set away from their defaults (they need an equilibrium model)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        names = [
+            n
+            for n in _SOLVER_FIELDS
+            if n.startswith(("jac_", "pretrain_"))
+            or n
+            in (
+                "correction",
+                "correction_gamma",
+                "init",
+                "init_p",
+                "init_scale",
+                "max_iter_jitter",
+                "weight_norm",
+            )
+        ]
+        return [n for n in names if getattr(self, n) != defaults[n]]
+
+    def recipe(self) -> Recipe:
+        """The training recipes these fields describe, as a :class:`deqkit.nn.Recipe`."""
+        return Recipe(
+            pretrain_steps=self.pretrain_steps,
+            pretrain_iters=self.pretrain_iters,
+            pretrain_gradient=self.pretrain_backward,
+            jac_weight=self.jac_penalty,
+            jac_every=self.jac_every,
+            jac_stop=self.jac_stop,
+            jac_samples=self.jac_samples,
+            correction=self.correction,
+            correction_gamma=self.correction_gamma,
+            init=self.init,
+            init_p=self.init_p,
+            init_scale=self.init_scale,
+            max_iter_jitter=self.max_iter_jitter,
+            weight_norm=self.weight_norm,
+        )
 
     def solver_overrides(self) -> dict[str, Any]:
         """The DEQ settings given (not ``None``): overrides for every call in deq mode."""

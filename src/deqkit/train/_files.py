@@ -46,6 +46,7 @@ TRAIN_COLUMNS = (
     "residual_mean",
     "converged",
     "backward_iters",
+    "fallback",
     "grad_norm",
     "lr",
     "time",

@@ -306,8 +306,13 @@ class _Run:
 
         torch.manual_seed(c.seed)
         model = build(c, self.data).to(dist.device)
-        if c.jac_penalty > 0 and not is_equilibrium(model):
-            raise ValueError(f"jac_penalty needs an equilibrium model; {c.model_name!r} is not one")
+        recipe_fields = c.recipe_fields()
+        if recipe_fields and not is_equilibrium(model):
+            raise ValueError(
+                f"{', '.join(recipe_fields)} {'needs' if len(recipe_fields) == 1 else 'need'} "
+                "an equilibrium model (a DEQ); "
+                f"{c.model_name!r} is not one"
+            )
         self.model = model
         self.optimizer = _optimizer(c, list(model.parameters()))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -371,7 +376,7 @@ class _Run:
         x, y = self.data.batch(self.step, 0, min(2, self.per_rank))
         x, y = x.to(self.dist.device, getattr(torch, c.dtype)), y.to(self.dist.device)
         self.model.train()
-        objective(x, y, torch.Generator().manual_seed(0))[0].backward()
+        objective(x, y, torch.Generator().manual_seed(0), self.step)[0].backward()
         unused = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         self.model.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -452,7 +457,7 @@ class _Run:
         generator = torch.Generator().manual_seed(mix_seed(c.seed, LOSS_STREAM, self.step))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logits, info, penalty = self.wrapped(x, y, generator)
+        loss, logits, info, penalty = self.wrapped(x, y, generator, self.step)
         loss.backward()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
@@ -480,6 +485,7 @@ class _Run:
         info = s["info"]
         fwd = info.forward if info is not None else None
         bwd = info.backward if info is not None else None
+        fell = getattr(info, "fallback", None)
         correct = self.data.correct(s["logits"], s["y"]).sum() if s["logits"] is not None else nan
         sums = torch.tensor(
             [
@@ -491,6 +497,7 @@ class _Run:
                 fwd.converged.sum().item() if fwd is not None else nan,
                 bwd.iterations.float().sum().item() if bwd is not None else nan,
                 s["penalty"].item() * n if s["penalty"] is not None else nan,
+                fell.float().sum().item() if fell is not None else nan,
             ],
             dtype=torch.float64,
             device=dist.device,
@@ -523,6 +530,7 @@ class _Run:
             "residual_mean": mean(sums[4]),
             "converged": mean(sums[5]),
             "backward_iters": None if bwd is None else sums[6] / total,
+            "fallback": None if fell is None else sums[8] / total,
             "grad_norm": s["grad_norm"].item(),
             "lr": s["lr"],
             "time": round(self.elapsed, 3),

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import models
-from ..nn import jacobian_frobenius
 from ..nn._state import Packer
 from ._config import TrainConfig
 from ._data import Data
@@ -103,6 +102,12 @@ def build(config: TrainConfig, data: Data) -> nn.Module:
             f"mode='recurrent' needs an equilibrium model with iterate(); "
             f"{config.model_name!r} is not one"
         )
+    if config.weight_norm:
+        if not is_equilibrium(model):
+            raise ValueError(
+                f"weight_norm needs an equilibrium model (a DEQ); {config.model_name!r} is not one"
+            )
+        config.recipe().prepare(model.cell)
     return model.to(getattr(torch, config.dtype))
 
 
@@ -135,7 +140,11 @@ class Objective(nn.Module):
     recurrent progressive loss and the Jacobian penalty call the model's parts directly, so
     the whole objective is the module DDP wraps.
 
-    Call: ``objective(x, y, generator) -> (loss, logits or None, info or None, penalty)``.
+    The training recipes of the config (:meth:`TrainConfig.recipe`: pretraining, Jacobian
+    penalty, fixed-point correction, initial states, budget jitter) act here, step by step.
+
+    Call: ``objective(x, y, generator, step) -> (loss, logits or None, info or None,
+    penalty)``; ``penalty`` is the Jacobian estimate (unweighted) on steps that use it.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device):
@@ -144,9 +153,11 @@ class Objective(nn.Module):
         self.config = config
         self.device = device
         self.equilibrium = is_equilibrium(model)
+        self.recipe = config.recipe()
+        self.overrides = config.solver_overrides()
 
     def forward(
-        self, x: Tensor, y: Tensor, generator: torch.Generator
+        self, x: Tensor, y: Tensor, generator: torch.Generator, step: int = 0
     ) -> tuple[Tensor, Tensor | None, Any, Tensor | None]:
         c = self.config
         model = self.model
@@ -156,28 +167,34 @@ class Objective(nn.Module):
                     model, x, y, c.train_iters, c.progressive_alpha, generator=generator
                 )
                 return _full(loss), None, None, None
-            if self.equilibrium:
-                logits, info = model(x, **c.solver_overrides())
-            else:
+            if not self.equilibrium:
                 logits, info = model(x)
+                return F.cross_entropy(_full(logits), y), logits, info, None
+            plan = self.recipe.plan(step, model.deq, overrides=self.overrides, generator=generator)
+            z0 = None
+            if self.recipe.init != "zeros":
+                z0 = plan.initial_state(model.initial_state(x))
+            logits, info = model(x, z0, **plan.overrides)
             loss = F.cross_entropy(_full(logits), y)
+            if plan.overrides.get("correction"):
+                loss = loss + plan.correction_loss(
+                    info, lambda z: F.cross_entropy(_full(model.readout(z)), y)
+                )
             penalty = None
-            if c.jac_penalty > 0 and info is not None:
-                penalty = _jacobian_penalty(model, x, info.forward.z, c.jac_samples, generator)
-                loss = loss + c.jac_penalty * penalty
+            if plan.jac_weight > 0:
+                penalty = _jacobian_penalty(model, x, info.forward.z, plan)
+                loss = loss + plan.jac_weight * penalty
         return loss, logits, info, penalty
 
 
-def _jacobian_penalty(
-    model: nn.Module, x: Tensor, z_flat: Tensor, samples: int, generator: torch.Generator
-) -> Tensor:
+def _jacobian_penalty(model: nn.Module, x: Tensor, z_flat: Tensor, plan: Any) -> Tensor:
     u = model.inject(x)
     packer = Packer.of(model.initial_state(x), "initial_state(x)")
 
     def f(z: Tensor) -> Tensor:
         return packer.pack(model.cell(packer.unpack(z), u)).to(z.dtype)
 
-    return _full(jacobian_frobenius(f, z_flat, samples, generator=generator).mean())
+    return _full(plan.jacobian_penalty(f, z_flat) / plan.jac_weight)
 
 
 @torch.no_grad()
