@@ -2,14 +2,13 @@
 
 import pytest
 import torch
+from test_deq import TanhCell
 from torch import nn
 
 import deqkit
 from deqkit import Implicit, Phantom, Unrolled
-from deqkit.nn import make_gradient
 from deqkit.nn import _deq as deq_module
-
-from test_deq import TanhCell
+from deqkit.nn import make_gradient
 
 D = torch.float64
 
