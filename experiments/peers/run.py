@@ -129,11 +129,12 @@ torch.set_num_threads(args.threads)
 # -- torchdeq is optional (the `bench` extra); without it only deqkit runs ---------------------
 try:
     import torchdeq
-
-    TORCHDEQ_VERSION = importlib.metadata.version("torchdeq")
 except ImportError:
     torchdeq = None
-    TORCHDEQ_VERSION = None
+try:
+    TORCHDEQ_VERSION = importlib.metadata.version("torchdeq") if torchdeq else None
+except importlib.metadata.PackageNotFoundError:  # importable, but not pip-installed
+    TORCHDEQ_VERSION = "unknown"
 wanted_td = [v for v in args.variants if v in TORCHDEQ_VARIANTS]
 if torchdeq is None and wanted_td:
     print(
@@ -270,7 +271,7 @@ def train_one(variant: str, seed: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     log = {k: [] for k in ("loss", "step_s", "fwd_iters", "fwd_converged", "cell_calls")}
-    log["bwd_converged"] = []
+    log["bwd_converged"], log["bwd_iters"] = [], []
     model.train()
     if td is not None:
         td.train()
@@ -293,16 +294,19 @@ def train_one(variant: str, seed: int) -> dict:
         log["fwd_iters"].append(iters)
         log["fwd_converged"].append(conv)
         log["cell_calls"].append(fwd_calls)
-        if td is None:
+        # The adjoint solve of an implicit gradient, if there was one: deqkit's lands in the
+        # DEQInfo once backward() has run, torchdeq's comes through backward_writer.
+        bwd_conv = bwd_iters = None
+        if td is None and last["info"].backward is not None:
             back = last["info"].backward
-            log["bwd_converged"].append(
-                None if back is None else back.converged.float().mean().item()
-            )
-        elif bwd_stats:
+            bwd_conv = back.converged.float().mean().item()
+            bwd_iters = back.iterations.float().mean().item()
+        elif td is not None and bwd_stats:
             res = bwd_stats[-1][f"{td.b_stop_mode}_lowest"]
-            log["bwd_converged"].append((res <= td.b_tol).float().mean().item())
-        else:
-            log["bwd_converged"].append(None)
+            bwd_conv = (res <= td.b_tol).float().mean().item()
+            bwd_iters = bwd_stats[-1]["nstep"].float().mean().item()
+        log["bwd_converged"].append(bwd_conv)
+        log["bwd_iters"].append(bwd_iters)
         if (step + 1) % max(args.steps // 6, 1) == 0 or step + 1 == args.steps:
             print(
                 f"  {variant} seed {seed} step {step + 1}/{args.steps}: loss {loss.item():.4f}, "
@@ -325,6 +329,7 @@ def train_one(variant: str, seed: int) -> dict:
 
     timed = log["step_s"][SKIP_TIMED:]
     bwd = [b for b in log["bwd_converged"] if b is not None]
+    bwd_its = [b for b in log["bwd_iters"] if b is not None]
     return {
         "variant": variant,
         "seed": seed,
@@ -340,6 +345,7 @@ def train_one(variant: str, seed: int) -> dict:
         "fwd_converged": statistics.fmean(log["fwd_converged"]),
         "mean_cell_calls_fwd": statistics.fmean(log["cell_calls"]),
         "bwd_converged": statistics.fmean(bwd) if bwd else None,
+        "mean_bwd_iters": statistics.fmean(bwd_its) if bwd_its else None,
         "final_train_loss": statistics.fmean(log["loss"][-20:]),
         "test_mean_fwd_iters": statistics.fmean(test_iters),
         "test_fwd_converged": statistics.fmean(test_conv),
@@ -377,6 +383,8 @@ for variant in args.variants:
         results[variant, seed] = res
 
 # -- summary: mean +- std over seeds ------------------------------------------------------------
+if not results:
+    sys.exit("no runs to summarise")
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -389,7 +397,7 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 header = (
     "| variant | seeds | test acc % | acc % per seed | ms/step (median) | fwd iters/step "
-    "| fwd converged % | cell calls/fwd | bwd converged % |"
+    "| fwd converged % | cell calls/fwd | bwd iters/step | bwd converged % |"
 )
 lines = [
     f"Digits, DEQConv(channels={CHANNELS}), {args.steps} steps of batch {BATCH}, AdamW lr {LR} "
@@ -407,6 +415,7 @@ for variant in args.variants:
         f"| {mean_std([r['mean_fwd_iters'] for r in runs])} "
         f"| {mean_std([r['fwd_converged'] for r in runs], 100)} "
         f"| {mean_std([r['mean_cell_calls_fwd'] for r in runs])} "
+        f"| {mean_std([r['mean_bwd_iters'] for r in runs])} "
         f"| {mean_std([r['bwd_converged'] for r in runs], 100)} |"
     )
 lines += [
@@ -414,11 +423,12 @@ lines += [
     "fwd iters: deqkit `info.iterations` (per sample), torchdeq `info['nstep']` (per sample, "
     "step of its lowest residual). cell calls/fwd: evaluations of the cell per training "
     "forward (batch-wide solver steps + the differentiable step). converged: deqkit "
-    "`info.converged`; torchdeq lowest residual <= tol under its stop mode.",
+    "`info.converged`; torchdeq lowest residual <= tol under its stop mode. bwd: the adjoint "
+    "solve of an implicit gradient (deqkit `info.backward.iterations`, torchdeq `nstep`; "
+    "'-' for phantom gradients).",
 ]
 summary = "\n".join(lines) + "\n"
 print()
 print(summary, end="")
-if results:
-    atomic_write_text(args.out / "summary.md", summary)
-    print(f"-> {args.out / 'summary.md'}")
+atomic_write_text(args.out / "summary.md", summary)
+print(f"-> {args.out / 'summary.md'}")
