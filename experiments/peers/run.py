@@ -76,6 +76,15 @@ BATCH = 64
 LR = 2e-3
 WARMUP = 50
 SKIP_TIMED = 5  # first steps left out of the median step time (allocator warm-up)
+SUMMARY_KEYS = (
+    "test_accuracy",
+    "median_step_s",
+    "mean_fwd_iters",
+    "fwd_converged",
+    "mean_cell_calls_fwd",
+    "mean_bwd_iters",
+    "bwd_converged",
+)
 
 
 def int_list(text: str) -> list[int]:
@@ -357,19 +366,43 @@ def train_one(variant: str, seed: int) -> dict:
 
 # -- the grid: one JSON per (variant, seed), skipped when it exists ---------------------------
 args.out.mkdir(parents=True, exist_ok=True)
-deqkit_now = deqkit_settings(DEQConv(channels=CHANNELS).deq)  # the defaults of this run
+
+
+def current_settings(variant: str) -> dict:
+    """The DEQ settings a run of ``variant`` would use now (deqkit's defaults may change)."""
+    if variant == "deqkit_default":
+        return deqkit_settings(DEQConv(channels=CHANNELS).deq)
+    return make_torchdeq(variant)[1]
+
+
+def check_resumable(path: Path, res: dict, variant: str) -> None:
+    """Exit with a clear message if ``path`` holds a run made with other settings."""
+    problems = []
+    if res.get("steps") != args.steps:
+        problems.append(f"--steps {res.get('steps')}, not {args.steps}")
+    if res.get("threads") != args.threads:
+        problems.append(f"--threads {res.get('threads')}, not {args.threads} (timings differ)")
+    missing = [k for k in SUMMARY_KEYS if k not in res]
+    if missing:
+        problems.append(f"an older format (no {', '.join(missing)})")
+    old, now = res.get("settings", {}), json.loads(json.dumps(current_settings(variant)))
+    for key in sorted(set(old) | set(now)):
+        if old.get(key) != now.get(key):
+            problems.append(f"{key}={old.get(key)!r} (now {now.get(key)!r})")
+    if problems:
+        sys.exit(
+            f"{path} was made with other settings: {'; '.join(problems)}. "
+            "Delete it or choose another --out."
+        )
+
+
 results: dict[tuple[str, int], dict] = {}
 for variant in args.variants:
     for seed in args.seeds:
         path = args.out / f"{variant}-seed{seed}.json"
         if path.exists():
             res = json.loads(path.read_text())
-            now = deqkit_now if variant == "deqkit_default" else None
-            if res.get("steps") != args.steps or (now is not None and res["settings"] != now):
-                sys.exit(
-                    f"{path} was made with other settings (steps={res.get('steps')}, "
-                    f"{res.get('settings')}); delete it or choose another --out"
-                )
+            check_resumable(path, res, variant)
             print(f"{path} exists: skipped")
         else:
             print(f"{variant} seed {seed}: training {args.steps} steps", flush=True)

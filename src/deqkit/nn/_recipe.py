@@ -57,7 +57,10 @@ class Recipe:
     * **Pretraining** (MDEQ, Bai et al. 2020; Anil et al. 2022): for the first
       ``pretrain_steps`` steps the layer is a weight-tied stack of ``pretrain_iters`` plain
       steps (``pretrain_solver``) trained with ``pretrain_gradient`` (default
-      :class:`Unrolled`), then the DEQ's own solver and gradient take over.
+      :class:`Unrolled`), then the DEQ's own solver and gradient take over. With
+      ``pretrain_solver=None`` and ``pretrain_iters=None`` the DEQ keeps its solver and
+      budget and only the gradient changes (e.g. :class:`Phantom` first, then the exact
+      implicit gradient).
     * **Jacobian regularisation** (Bai, Koltun & Kolter 2021): add
       ``jac_weight * mean(||J||_F^2 / n)`` (Hutchinson, ``jac_samples`` probes) on every
       ``jac_every``-th step before step ``jac_stop``.
@@ -86,8 +89,8 @@ class Recipe:
     """
 
     pretrain_steps: int = 0
-    pretrain_iters: int = 10
-    pretrain_solver: str = "picard"
+    pretrain_iters: int | None = 10
+    pretrain_solver: str | None = "picard"
     pretrain_gradient: Gradient | str | dict = field(default_factory=Unrolled)
     jac_weight: float = 0.0
     jac_every: int = 1
@@ -104,9 +107,12 @@ class Recipe:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         _int("pretrain_steps", self.pretrain_steps, 0)
-        _int("pretrain_iters", self.pretrain_iters, 1)
-        if not isinstance(self.pretrain_solver, str):
-            raise TypeError(f"Recipe pretrain_solver must be a name, got {self.pretrain_solver!r}")
+        if self.pretrain_iters is not None:
+            _int("pretrain_iters", self.pretrain_iters, 1)
+        if self.pretrain_solver is not None and not isinstance(self.pretrain_solver, str):
+            raise TypeError(
+                f"Recipe pretrain_solver must be a name or None, got {self.pretrain_solver!r}"
+            )
         set_(self, "pretrain_gradient", make_gradient(self.pretrain_gradient))
         set_(self, "jac_weight", _real("jac_weight", self.jac_weight, 0.0, float("inf")))
         _int("jac_every", self.jac_every, 1)
@@ -162,15 +168,14 @@ class Recipe:
         out = dict(overrides or {})
         pretraining = step < self.pretrain_steps
         if pretraining:
-            out.update(
-                backward=self.pretrain_gradient,
-                solver=self.pretrain_solver,
-                max_iter=self.pretrain_iters,
-            )
-            for key in ("backward_solver", "backward_tol", "backward_max_iter"):
+            out["backward"] = self.pretrain_gradient
+            for key in ("backward_solver", "backward_tol", "backward_max_iter", "backward_options"):
                 out.pop(key, None)
-            out.pop("solver_options", None)
-            out.pop("backward_options", None)
+            if self.pretrain_solver is not None:
+                out["solver"] = self.pretrain_solver
+                out.pop("solver_options", None)
+            if self.pretrain_iters is not None:
+                out["max_iter"] = self.pretrain_iters
         elif self.max_iter_jitter:
             centre = out.get("max_iter", max_iter)
             if centre is None:

@@ -78,6 +78,7 @@ _SOLVER_FIELDS = (
     "jac_stop",
     "pretrain_steps",
     "pretrain_iters",
+    "pretrain_solver",
     "pretrain_backward",
     "correction",
     "correction_gamma",
@@ -149,9 +150,11 @@ class TrainConfig:
         backward_solver, backward_tol, backward_max_iter: Adjoint solve (implicit only).
 
     Recipes (``mode="deq"``; the fields of :class:`deqkit.nn.Recipe`, all off by default):
-        pretrain_steps, pretrain_iters, pretrain_backward: Train the first
-            ``pretrain_steps`` steps as a weight-tied stack of ``pretrain_iters`` plain steps
-            with the ``pretrain_backward`` gradient (default ``"unrolled"``).
+        pretrain_steps, pretrain_iters, pretrain_solver, pretrain_backward: Train the first
+            ``pretrain_steps`` steps as a weight-tied stack of ``pretrain_iters`` (default
+            10) steps of ``pretrain_solver`` (default ``"picard"``) with the
+            ``pretrain_backward`` gradient (default ``"unrolled"``); ``None`` keeps the
+            model's solver or budget (only the gradient changes).
         jac_penalty: Weight ``gamma`` of the Jacobian penalty
             ``gamma * mean(jacobian_frobenius(f, z*))``; ``0`` (default) turns it off.
         jac_samples: Hutchinson probes per step for the penalty. Default ``1``.
@@ -225,7 +228,8 @@ class TrainConfig:
     jac_every: int = 1
     jac_stop: int | None = None
     pretrain_steps: int = 0
-    pretrain_iters: int = 10
+    pretrain_iters: int | None = 10
+    pretrain_solver: str | None = "picard"
     pretrain_backward: str | dict[str, Any] = "unrolled"
     correction: int = 0
     correction_gamma: float = 0.8
@@ -424,6 +428,7 @@ class TrainConfig:
         return Recipe(
             pretrain_steps=self.pretrain_steps,
             pretrain_iters=self.pretrain_iters,
+            pretrain_solver=self.pretrain_solver,
             pretrain_gradient=self.pretrain_backward,
             jac_weight=self.jac_penalty,
             jac_every=self.jac_every,
