@@ -41,7 +41,7 @@ class LinearCell(nn.Module):
 
 
 def tight(**kw):
-    return dict(tol=1e-13, max_iter=300, stop="abs", backward_tol=1e-13, **kw)
+    return dict(tol=1e-13, max_iter=300, stop="abs", backward="implicit", backward_tol=1e-13, **kw)
 
 
 def param_grads(deq, x, seed=1):

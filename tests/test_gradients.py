@@ -42,12 +42,15 @@ def x_grads(deq, x, seed=3):
 
 def test_string_aliases_resolve_to_the_gradient_objects():
     cell = TanhCell()
-    assert deqkit.DEQ(cell).gradient == Implicit()
+    assert deqkit.DEQ(cell).gradient == Phantom(5, 0.5)  # the default
+    assert deqkit.DEQ(cell, backward="implicit").gradient == Implicit()
     assert deqkit.DEQ(cell, backward="phantom").gradient == Phantom(5, 0.5)
     assert deqkit.DEQ(
         cell, backward="phantom", backward_options={"k": 3, "tau": 0.7}
     ).gradient == Phantom(3, 0.7)
-    got = deqkit.DEQ(cell, backward_solver="picard", backward_tol=1e-6, backward_max_iter=9)
+    got = deqkit.DEQ(
+        cell, backward="implicit", backward_solver="picard", backward_tol=1e-6, backward_max_iter=9
+    )
     assert got.gradient == Implicit("picard", 1e-6, 9)
     assert deqkit.DEQ(cell, backward="unrolled").gradient == Unrolled()
     spec = {"name": "implicit", "tol": 1e-6, "fallback": {"name": "phantom", "k": 2}}
@@ -60,7 +63,10 @@ def test_string_aliases_resolve_to_the_gradient_objects():
     ("alias", "obj"),
     [
         ({"backward": "phantom", "backward_options": {"k": 4, "tau": 0.6}}, Phantom(4, 0.6)),
-        ({"backward_solver": "picard", "backward_tol": 1e-12}, Implicit("picard", 1e-12)),
+        (
+            {"backward": "implicit", "backward_solver": "picard", "backward_tol": 1e-12},
+            Implicit("picard", 1e-12),
+        ),
         ({"backward": "unrolled", "solver": "picard"}, Unrolled()),
     ],
 )
@@ -203,7 +209,7 @@ def test_torch_func_grad_and_jacrev_agree_with_autograd(backward):
 
 
 def test_torch_func_with_the_implicit_gradient_says_what_is_not_supported():
-    deq = deqkit.DEQ(TanhCell())
+    deq = deqkit.DEQ(TanhCell(), backward="implicit")
     x = torch.randn(3, 4, dtype=D)
     with pytest.raises(RuntimeError, match="torch.func.*Phantom"):
         torch.func.grad(lambda x: deq(x)[0].sum())(x)

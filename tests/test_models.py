@@ -247,7 +247,7 @@ def test_deq_form_trains(name):
     model = EQUILIBRIUM[name][0]()
     x, y = _train_data(name)
     before = _eval_loss(model, x, y)
-    _train(model, x, y, _deq_loss, LR[name])
+    _train(model, x, y, _deq_loss, LR[name], steps=40)  # phantom (the default) starts slower
     assert _eval_loss(model, x, y) < 0.9 * before
 
 
@@ -367,7 +367,7 @@ def test_deq_fixed_point_is_a_fixed_point_of_the_cell(name):
 def test_deq_settings_reach_the_layer_and_can_be_overridden_per_call():
     model = RecallNet.for_prefix_sums(width=W, solver="picard", deq_kwargs={"max_iter": 7})
     s = model.deq.settings
-    assert (s.solver, s.max_iter, s.tol) == ("picard", 7, 1e-4)
+    assert (s.solver, s.max_iter, s.tol) == ("picard", 7, 1e-3)  # RecallNet's tol
     x, _ = bits(3, 16)
     _, info = model(x)
     assert int(info.iterations.max()) <= 7

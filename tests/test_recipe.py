@@ -170,7 +170,8 @@ def records(result):
 
 
 def test_train_config_recipes_act_step_by_step(tmp_path):
-    r = train(small(tmp_path, "pre", pretrain_steps=2, pretrain_iters=3), progress=False)
+    pre = small(tmp_path, "pre", pretrain_steps=2, pretrain_iters=3, backward="implicit")
+    r = train(pre, progress=False)
     rec = records(r)
     assert [x["iters_max"] for x in rec[:2]] == [3, 3]  # the weight-tied stack
     assert [x["backward_iters"] is None for x in rec] == [True, True, False, False]

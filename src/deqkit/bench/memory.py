@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
-from ..nn import DEQ
+from ..nn import DEQ, Implicit
 from ..utils import atomic_write_text, save_figure
 
 __all__ = [
@@ -133,7 +133,7 @@ def _methods(cfg: MemoryConfig, n: int) -> dict[str, Callable[[Tensor], Tensor]]
     cell = TanhCell(cfg.width, seed=cfg.seed).to(cfg.device)
     tiny = 1e-30  # no early stop: every method runs exactly n forward iterations
     ours = DEQ(
-        cell, solver="anderson", tol=tiny, max_iter=n, backward_tol=tiny, backward_max_iter=n
+        cell, solver="anderson", tol=tiny, max_iter=n, backward=Implicit(tol=tiny, max_iter=n)
     )
     layers = nn.ModuleList(TanhCell(cfg.width, seed=cfg.seed + i) for i in range(n))
     layers = layers.to(cfg.device)

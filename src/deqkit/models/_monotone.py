@@ -141,7 +141,9 @@ class MonotoneMLP(EquilibriumModel):
         ValueError: a bad argument, named in the message.
     """
 
-    _deq_defaults = {"solver": "picard", "max_iter": 100}
+    # Convergence is guaranteed, so the exact implicit gradient applies (not the phantom
+    # default of DEQ, which is chosen for cells that may not converge).
+    _deq_defaults = {"solver": "picard", "max_iter": 100, "backward": "implicit"}
 
     def __init__(
         self,

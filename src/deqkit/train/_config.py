@@ -31,6 +31,12 @@ DEFAULT_MODEL = {
     "cifar10": "deq_conv",
     "mnist1d": "deq_mlp",
 }
+# Arguments of a task's default model unless given: the recall networks of every measured
+# prefix-sum and maze configuration use group norm (docs/results.md, experiments/training).
+DEFAULT_MODEL_KWARGS: dict[str, dict[str, Any]] = {
+    "prefix_sums": {"norm_groups": 4},
+    "mazes": {"norm_groups": 4},
+}
 DEFAULT_STEPS = 1000
 DEFAULT_EVAL_SIZE = 1000
 MODES = ("deq", "recurrent")
@@ -126,7 +132,9 @@ class TrainConfig:
             sets), ``deq_mlp`` (mnist1d).
         model_kwargs: Keyword arguments of the model builder (``width``, ...). Input
             channels and class counts are filled in from the task where the builder takes
-            them and they are not given. Default ``{}``.
+            them and they are not given; the task's default model also gets
+            ``DEFAULT_MODEL_KWARGS`` (recall networks: ``norm_groups=4``, as in every
+            measured configuration). Default ``{}``.
         dtype: ``"float32"`` (default) or ``"float64"``, for the parameters and inputs.
 
     Solver (``mode="deq"``): each setting given here is passed to every call of the model's
@@ -172,11 +180,12 @@ class TrainConfig:
 
     Optimisation:
         optimizer: ``"adam"``, ``"adamw"`` (default) or ``"sgd"``.
-        lr: Peak learning rate, > 0. Default ``1e-3``.
+        lr: Peak learning rate, > 0. Default ``2e-3`` (every configuration of the training
+            grid, ``experiments/training``).
         weight_decay: >= 0. Default ``0.0``.
         momentum: SGD momentum in ``[0, 1)``; must be ``0`` for Adam(W). Default ``0.0``.
         schedule: ``"cosine"`` (default; to 0 at the last step) or ``"constant"``, after a
-            linear warm-up of ``warmup_steps`` steps (default ``0``).
+            linear warm-up of ``warmup_steps`` steps (default ``50``).
         grad_clip: Clip the global gradient norm to this value; ``None`` (default): no clip.
         steps: Optimiser steps; default 1000, or ``epochs`` times the steps per epoch for a
             data set. Giving both ``steps`` and ``epochs`` is an error.
@@ -241,11 +250,11 @@ class TrainConfig:
     train_iters: int = 30
     progressive_alpha: float = 0.5
     optimizer: str = "adamw"
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     momentum: float = 0.0
     schedule: str = "cosine"
-    warmup_steps: int = 0
+    warmup_steps: int = 50
     grad_clip: float | None = None
     steps: int | None = None
     epochs: int | None = None

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import models
 from ..nn._state import Packer
-from ._config import TrainConfig
+from ._config import DEFAULT_MODEL_KWARGS, TrainConfig
 from ._data import Data
 
 __all__ = ["Objective", "build", "evaluate", "is_equilibrium", "model_from_config"]
@@ -80,6 +80,8 @@ def build(config: TrainConfig, data: Data) -> nn.Module:
     """:func:`model_from_config` with the task's :class:`Data` already loaded."""
     factory, target = _factory(config.model_name)
     kwargs = dict(config.model_kwargs)
+    if config.model is None:  # the task's default model: its measured default arguments
+        kwargs = {**DEFAULT_MODEL_KWARGS.get(config.task, {}), **kwargs}
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):
