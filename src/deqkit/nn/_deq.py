@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 
 from ..solvers import Solver, SolveResult, resolve
 from ..solvers._loop import check_budget, run, solve
-from ._gradients import GRADIENTS, Gradient, Implicit, Phantom, attach_implicit, make_gradient
+from ._gradients import GRADIENTS, Gradient, make_gradient
 from ._state import Packer, State
 
 __all__ = ["DEQ", "DEQInfo"]
@@ -27,8 +27,9 @@ class _Settings:
     """The settings of a :class:`DEQ` as given, validated and resolved once.
 
     ``solver_obj`` (the forward :class:`~deqkit.solvers.Solver`), ``gradient`` (the
-    :class:`Gradient`) and ``adjoint`` (the bound adjoint solve of an implicit gradient) are
-    computed in ``__post_init__``, so a call with these settings does no validation.
+    :class:`Gradient`) and ``bound`` (what the gradient needs of the forward settings, e.g.
+    the adjoint solve of an implicit gradient) are computed in ``__post_init__``, so a call
+    with these settings does no validation.
     """
 
     solver: str | Solver = "anderson"
@@ -55,17 +56,15 @@ class _Settings:
             backward_options=self.backward_options,
         )
         set_(self, "gradient", gradient)
-        adjoint = None
-        if isinstance(gradient, Implicit):
-            adjoint = gradient.bind(
-                self.solver, self.solver_options, float(self.tol), self.stop, self.max_iter
-            )
+        bound = gradient.bind(
+            self.solver, self.solver_options, float(self.tol), self.stop, self.max_iter
+        )
         if gradient.unrolls and not self.solver_obj.differentiable_steps:
             raise ValueError(
                 f"backward='unrolled' needs a solver whose steps are differentiable (picard, "
                 f"anderson, broyden); {self.solver_obj.name!r} is not one"
             )
-        set_(self, "adjoint", adjoint)
+        set_(self, "bound", bound)
         if isinstance(self.correction, bool) or not isinstance(self.correction, int):
             raise ValueError(f"correction must be an integer >= 0, got {self.correction!r}")
         if self.correction < 0:
@@ -208,6 +207,7 @@ class DEQ(nn.Module):
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or callable f(z, x), got {type(f).__name__}")
         self.f = f
+        self._resolved: dict[str, _Settings] = {}  # per override set, see resolved()
         self.settings = _Settings(
             solver,
             tol,
@@ -247,10 +247,10 @@ class DEQ(nn.Module):
                 f"unknown DEQ setting(s) {', '.join(unknown)}; valid: {', '.join(SETTINGS)}"
             )
         try:
-            key = repr(sorted(overrides.items()))
+            key = f"{id(self.settings)}:{sorted(overrides.items())!r}"
         except TypeError:  # unorderable values: resolve without the cache
             return dataclasses.replace(self.settings, **overrides)
-        cache = self.__dict__.setdefault("_resolved", {})
+        cache = self._resolved
         hit = cache.get(key)
         if hit is None:
             hit = dataclasses.replace(self.settings, **overrides)
@@ -287,7 +287,8 @@ class DEQ(nn.Module):
         gradient: Gradient = s.gradient
         if gradient.unrolls and recording:
             res = run(fx, z0, s.solver_obj, float(s.tol), s.stop, s.max_iter)
-            return res.z, DEQInfo(res)
+            info = DEQInfo(res)
+            return gradient.attach(fx, res, s.bound, info), info
         want_iterates = recording and s.correction > 0
         res = solve(
             fx,
@@ -306,9 +307,7 @@ class DEQ(nn.Module):
             picks = torch.linspace(0, steps - 1, s.correction + 2)[1:-1].round().long().unique()
             corrections = [fx(res.iterates[i]) for i in picks.tolist()]
         info = DEQInfo(res, corrections)
-        if isinstance(gradient, Phantom):
-            return gradient.attach(fx, res.z), info
-        return attach_implicit(fx, res, s.adjoint, info), info
+        return gradient.attach(fx, res, s.bound, info), info
 
 
 def _explain_batch_mismatch(x: Any, batch: int, err: RuntimeError) -> None:

@@ -49,6 +49,22 @@ class Gradient:
     unrolls: ClassVar[bool] = False
     create_graph: ClassVar[bool] = True
 
+    def bind(
+        self, solver: Solver, solver_options: dict | None, tol: float, stop: str, max_iter: int
+    ) -> Any:
+        """What the gradient needs of the forward settings (resolved once per settings)."""
+        return None
+
+    def attach(
+        self, fx: Callable[[Tensor], Tensor], forward: SolveResult, bound: Any, info: Any
+    ) -> Tensor:
+        """The DEQ's output ``z`` (value ``z*`` or ``f(z*)``) with this gradient attached.
+
+        ``fx`` is ``z -> f(z, x)`` on flat ``[B, n]`` states, ``forward`` the forward solve,
+        ``bound`` what :meth:`bind` returned, ``info`` the call's :class:`~deqkit.DEQInfo`.
+        """
+        raise NotImplementedError
+
     def to_spec(self) -> dict[str, Any]:
         """A JSON-ready dict that :func:`make_gradient` turns back into this object."""
         raise NotImplementedError
@@ -90,9 +106,11 @@ class Phantom(Gradient):
             raise ValueError(f"Phantom tau must be in (0, 1], got {tau!r}")
         object.__setattr__(self, "tau", float(tau))
 
-    def attach(self, fx: Callable[[Tensor], Tensor], z_star: Tensor) -> Tensor:
-        """``z_k`` of the damped steps from the detached ``z_star``, with autograd."""
-        z = z_star.detach()
+    def attach(
+        self, fx: Callable[[Tensor], Tensor], forward: SolveResult, bound: Any, info: Any
+    ) -> Tensor:
+        """``z_k`` of the damped steps from the detached ``z*``, with autograd."""
+        z = forward.z.detach()
         for _ in range(self.k):
             z = (1.0 - self.tau) * z + self.tau * fx(z) if self.tau < 1.0 else fx(z)
         return z
@@ -125,6 +143,12 @@ class Unrolled(Gradient):
 
     name: ClassVar[str] = "unrolled"
     unrolls: ClassVar[bool] = True
+
+    def attach(
+        self, fx: Callable[[Tensor], Tensor], forward: SolveResult, bound: Any, info: Any
+    ) -> Tensor:
+        """The forward's own ``z``: its graph through the iterations is the gradient."""
+        return forward.z
 
     def to_spec(self) -> dict[str, Any]:
         return {"name": "unrolled"}
@@ -211,6 +235,21 @@ class Implicit(Gradient):
         adj_iter = 2 * max_iter if self.max_iter is None else self.max_iter
         check_budget(adj_tol, stop, adj_iter)
         return _Adjoint(resolve(method, options), float(adj_tol), stop, adj_iter, self.fallback)
+
+    def attach(
+        self, fx: Callable[[Tensor], Tensor], forward: SolveResult, bound: Any, info: Any
+    ) -> Tensor:
+        """``f(z*)``, whose backward solves the adjoint system (see :class:`ImplicitGrad`)."""
+        if _functorch_active():
+            raise RuntimeError(
+                "the implicit gradient does not support torch.func transforms (grad, jacrev, "
+                "vjp, ...): its backward solves the adjoint system with torch.autograd; under "
+                "torch.func use backward=deqkit.Phantom(...) or deqkit.Unrolled(), or take the "
+                "implicit gradient with loss.backward() / torch.autograd.grad"
+            )
+        z_leaf = forward.z.detach().requires_grad_()
+        fz = fx(z_leaf)
+        return ImplicitGrad.apply(fz, z_leaf, bound, info, forward.converged)
 
     def to_spec(self) -> dict[str, Any]:
         if self.solver is not None and not isinstance(self.solver, str):
@@ -382,22 +421,6 @@ class ImplicitGrad(torch.autograd.Function):
         ctx.info.backward = res
         ctx.info.fallback = fell_back
         return u, None, None, None, None
-
-
-def attach_implicit(
-    fx: Callable[[Tensor], Tensor], forward: SolveResult, adj: _Adjoint, info: Any
-) -> Tensor:
-    """``f(z*)`` with the implicit gradient attached (see :class:`ImplicitGrad`)."""
-    if _functorch_active():
-        raise RuntimeError(
-            "the implicit gradient does not support torch.func transforms (grad, jacrev, "
-            "vjp, ...): its backward solves the adjoint system with torch.autograd; under "
-            "torch.func use backward=deqkit.Phantom(...) or deqkit.Unrolled(), or take the "
-            "implicit gradient with loss.backward() / torch.autograd.grad"
-        )
-    z_leaf = forward.z.detach().requires_grad_()
-    fz = fx(z_leaf)
-    return ImplicitGrad.apply(fz, z_leaf, adj, info, forward.converged)
 
 
 def _functorch_active() -> bool:

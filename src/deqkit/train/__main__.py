@@ -48,6 +48,13 @@ _SHORTCUTS = {
 }
 
 
+_HELP = {
+    "backward": "training gradient: phantom (the DEQ default), implicit or unrolled; for an "
+    "implicit gradient with the phantom fallback use --set "
+    'backward=\'{"name": "implicit", "fallback": {"name": "phantom"}}\'',
+}
+
+
 def _parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParser:
     p = OneLineArgumentParser(
         prog=prog,
@@ -71,7 +78,7 @@ def _parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParser:
             type=kind,
             default=None,
             metavar=name.upper(),
-            help=f"set the config's {name}",
+            help=_HELP.get(name, f"set the config's {name}"),
         )
     p.add_argument("--width", type=int, default=None, help="set model_kwargs['width']")
     p.add_argument(
