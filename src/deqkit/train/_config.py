@@ -68,6 +68,24 @@ RESUMABLE_FIELDS = frozenset(
 
 # Settings of the DEQ solve; in recurrent mode they must stay at their defaults (only
 # ``max_iter`` is used there, as the evaluation iteration count).
+# Config fields of the training recipes -> the deqkit.nn.Recipe fields they set.
+_RECIPE_FIELDS = {
+    "jac_penalty": "jac_weight",
+    "jac_samples": "jac_samples",
+    "jac_every": "jac_every",
+    "jac_stop": "jac_stop",
+    "pretrain_steps": "pretrain_steps",
+    "pretrain_iters": "pretrain_iters",
+    "pretrain_solver": "pretrain_solver",
+    "pretrain_backward": "pretrain_gradient",
+    "correction": "correction",
+    "correction_gamma": "correction_gamma",
+    "init": "init",
+    "init_p": "init_p",
+    "init_scale": "init_scale",
+    "max_iter_jitter": "max_iter_jitter",
+    "weight_norm": "weight_norm",
+}
 _SOLVER_FIELDS = (
     "solver",
     "solver_options",
@@ -78,21 +96,7 @@ _SOLVER_FIELDS = (
     "backward_solver",
     "backward_tol",
     "backward_max_iter",
-    "jac_penalty",
-    "jac_samples",
-    "jac_every",
-    "jac_stop",
-    "pretrain_steps",
-    "pretrain_iters",
-    "pretrain_solver",
-    "pretrain_backward",
-    "correction",
-    "correction_gamma",
-    "init",
-    "init_p",
-    "init_scale",
-    "max_iter_jitter",
-    "weight_norm",
+    *_RECIPE_FIELDS,
 )
 _RECURRENT_FIELDS = ("train_iters", "progressive_alpha")
 
@@ -227,7 +231,7 @@ class TrainConfig:
     tol: float | None = None
     max_iter: int | None = None
     stop: str | None = None
-    backward: str | None = None
+    backward: str | dict[str, Any] | None = None
     backward_options: dict[str, Any] | None = None
     backward_solver: str | None = None
     backward_tol: float | None = None
@@ -415,42 +419,11 @@ class TrainConfig:
     def recipe_fields(self) -> list[str]:
         """The recipe fields set away from their defaults (they need an equilibrium model)."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        names = [
-            n
-            for n in _SOLVER_FIELDS
-            if n.startswith(("jac_", "pretrain_"))
-            or n
-            in (
-                "correction",
-                "correction_gamma",
-                "init",
-                "init_p",
-                "init_scale",
-                "max_iter_jitter",
-                "weight_norm",
-            )
-        ]
-        return [n for n in names if getattr(self, n) != defaults[n]]
+        return [n for n in _RECIPE_FIELDS if getattr(self, n) != defaults[n]]
 
     def recipe(self) -> Recipe:
         """The training recipes these fields describe, as a :class:`deqkit.nn.Recipe`."""
-        return Recipe(
-            pretrain_steps=self.pretrain_steps,
-            pretrain_iters=self.pretrain_iters,
-            pretrain_solver=self.pretrain_solver,
-            pretrain_gradient=self.pretrain_backward,
-            jac_weight=self.jac_penalty,
-            jac_every=self.jac_every,
-            jac_stop=self.jac_stop,
-            jac_samples=self.jac_samples,
-            correction=self.correction,
-            correction_gamma=self.correction_gamma,
-            init=self.init,
-            init_p=self.init_p,
-            init_scale=self.init_scale,
-            max_iter_jitter=self.max_iter_jitter,
-            weight_norm=self.weight_norm,
-        )
+        return Recipe(**{field: getattr(self, name) for name, field in _RECIPE_FIELDS.items()})
 
     def solver_overrides(self) -> dict[str, Any]:
         """The DEQ settings given (not ``None``): overrides for every call in deq mode."""
