@@ -79,6 +79,17 @@ def test_an_alias_and_its_object_give_the_same_gradient(alias, obj):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_the_adjoint_solver_defaults_to_the_forward_solver_and_its_options():
+    cell = TanhCell()
+    deq = deqkit.DEQ(cell, solver="anderson", solver_options={"m": 3}, backward="implicit")
+    assert deq.settings.bound.solver == deqkit.solvers.Anderson(m=3)
+    deq = deqkit.DEQ(cell, solver_options={"m": 3}, backward=Implicit(m=7))
+    assert deq.settings.bound.solver == deqkit.solvers.Anderson(m=7)
+    deq = deqkit.DEQ(cell, solver_options={"m": 3}, backward=Implicit("picard", max_iter=9))
+    assert deq.settings.bound.solver == deqkit.solvers.Picard()
+    assert (deq.settings.bound.max_iter, deq.settings.bound.tol) == (9, 1e-5)
+
+
 def test_settings_are_resolved_once_per_construction_and_per_override_set(monkeypatch):
     calls = []
     real = deq_module.make_gradient

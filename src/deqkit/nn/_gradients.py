@@ -228,7 +228,7 @@ class Implicit(Gradient):
         """The concrete adjoint solve for a forward solve with these settings."""
         if self.solver is None:
             method = solver
-            options = self.options if self.options else {}
+            options = self.options if self.options else dict(solver_options or {})
         else:
             method, options = self.solver, self.options
         adj_tol = tol / 10 if self.tol is None else self.tol
