@@ -368,6 +368,19 @@ def test_resume_may_extend_the_run_but_a_finished_run_does_nothing_more(tmp_path
     assert steps == [1, 2, 3, 3, 4, 5, 5]
 
 
+def test_resume_of_a_checkpoint_written_before_a_config_field_existed(tmp_path):
+    # A run saved by an older deqkit has no entry for fields added since (here the recipe
+    # fields); they take their defaults, which reproduce the old behaviour.
+    c = small(tmp_path, steps=3, schedule="constant")
+    train(c, progress=False)
+    path = Path(c.out_dir) / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    for key in ("pretrain_solver", "init", "max_iter_jitter"):
+        del state["config"][key]
+    torch.save(state, path)
+    assert train(dataclasses.replace(c, steps=4), resume=True, progress=False).step == 4
+
+
 def test_sigint_finishes_the_step_saves_and_raises(tmp_path):
     def ctrl_c(event: StepEvent) -> None:
         if event.step == 2:

@@ -265,7 +265,9 @@ def _check_folder(config: TrainConfig, resume: bool) -> tuple[str | None, dict |
     if not ckpt_path.is_file():
         return f"FileNotFoundError:cannot resume: no {CHECKPOINT} in {folder}", None
     state = read_checkpoint(ckpt_path)
-    saved = state["config"]
+    # Through TrainConfig, so fields added since the checkpoint was written take their
+    # defaults (which reproduce the old behaviour) instead of blocking the resume.
+    saved = TrainConfig.from_dict(state["config"]).to_dict()
     now = config.to_dict()
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     bad = [k for k in diff if k not in RESUMABLE_FIELDS]
