@@ -26,6 +26,8 @@ Variants (the DEQ layer; ``u = model.inject(x)``, ``f(z) = model.cell(z, u)``):
   differentiable step ``f(z*)`` from the detached fixed point, the Jacobian-free gradient).
 * ``torchdeq_implicit``: ``get_deq(ift=True, ...)`` with ``fixed_point_iter`` forward and
   backward, 40 iterations each, ``f_tol=1e-3``, ``b_tol=1e-6``, absolute stop both ways.
+* ``deqkit_implicit_fallback``: deqkit's ``Implicit(fallback=Phantom())`` gradient, the
+  model's other defaults: the exact implicit gradient where the solves converged.
 * ``deqkit_default``: ``model.deq`` as it is, i.e. ``deqkit.DEQ``'s defaults at run time
   (nothing is hard-coded here; the settings used are written into each JSON).
 
@@ -65,11 +67,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from deqkit import Implicit, Phantom
 from deqkit.models import DEQConv
 from deqkit.tasks import load_digits_dataset
 from deqkit.utils import atomic_write_text
 
-VARIANTS = ("torchdeq_default", "torchdeq_implicit", "deqkit_default")
+VARIANTS = ("torchdeq_default", "torchdeq_implicit", "deqkit_default", "deqkit_implicit_fallback")
+# deqkit variants: DEQ settings given to the model (none: the library's defaults)
+DEQKIT_VARIANTS = {
+    "deqkit_default": {},
+    "deqkit_implicit_fallback": {"backward": Implicit(fallback=Phantom())},
+}
 TORCHDEQ_VARIANTS = ("torchdeq_default", "torchdeq_implicit")
 CHANNELS = (32,)
 BATCH = 64
@@ -210,7 +218,7 @@ def deqkit_settings(deq) -> dict:
     out = {k: v if isinstance(v, str | int | float | None) else repr(v) for k, v in out.items()}
     out["resolved_solver"] = repr(s.solver_obj)
     out["resolved_gradient"] = repr(s.gradient)
-    out["resolved_adjoint"] = repr(s.adjoint)
+    out["resolved_adjoint"] = repr(s.bound)
     return out
 
 
@@ -243,9 +251,9 @@ def train_one(variant: str, seed: int) -> dict:
     # Same seed -> same initial weights: the model is built right after seeding, and the
     # torchdeq layer (no parameters, no random draws) only afterwards.
     torch.manual_seed(seed)
-    model = DEQConv(1, data.num_classes, channels=CHANNELS)
+    model = DEQConv(1, data.num_classes, channels=CHANNELS, **DEQKIT_VARIANTS.get(variant, {}))
     init_sum = checksum(model.state_dict().values())
-    if variant == "deqkit_default":
+    if variant in DEQKIT_VARIANTS:
         td, settings = None, deqkit_settings(model.deq)
     else:
         td, settings = make_torchdeq(variant)
@@ -370,8 +378,8 @@ args.out.mkdir(parents=True, exist_ok=True)
 
 def current_settings(variant: str) -> dict:
     """The DEQ settings a run of ``variant`` would use now (deqkit's defaults may change)."""
-    if variant == "deqkit_default":
-        return deqkit_settings(DEQConv(channels=CHANNELS).deq)
+    if variant in DEQKIT_VARIANTS:
+        return deqkit_settings(DEQConv(channels=CHANNELS, **DEQKIT_VARIANTS[variant]).deq)
     return make_torchdeq(variant)[1]
 
 
