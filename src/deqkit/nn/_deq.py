@@ -163,11 +163,13 @@ class DEQ(nn.Module):
             :class:`~deqkit.Unrolled` object, its alias ``"implicit"``, ``"phantom"``
             (default: ``Phantom(k=5, tau=0.5)``) or ``"unrolled"``, or a spec dict
             (``{"name": "phantom", "k": 3}``). Why phantom: in the training grid of
-            ``docs/results.md`` (``experiments/training``) it trained every model on every
-            seed run (prefix sums 16 bits 100% on 3 of 3 seeds, where the exact implicit
-            gradient gave 0% on 3 of 3 and the implicit gradient with the phantom fallback
-            61-79%; digits 95-96% like the implicit gradient with fallback), at the
-            lowest time per step; torchdeq's default is a phantom gradient too.
+            ``docs/results.md`` (section 0, ``experiments/training``) it trained every
+            model on every seed run, at the lowest time per step: prefix sums at 16 bits
+            100% on 3 of 3 seeds, where the exact implicit gradient gave 0% on 3 of 3 and
+            the implicit gradient with the phantom fallback 100% on 1 of 3; at 32 bits
+            (with budget jitter) 100% up to 128 bits on 5 of 5; digits 96.5% against
+            95.8% for the implicit gradient with fallback at twice the time per step.
+            torchdeq's default is a phantom gradient too.
         backward_solver: Adjoint method (implicit only). Default: the forward solver and its
             ``solver_options``.
         backward_tol: Adjoint tolerance (implicit only). Default ``tol / 10``.
