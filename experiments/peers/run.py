@@ -28,6 +28,8 @@ Variants (the DEQ layer; ``u = model.inject(x)``, ``f(z) = model.cell(z, u)``):
   backward, 40 iterations each, ``f_tol=1e-3``, ``b_tol=1e-6``, absolute stop both ways.
 * ``deqkit_implicit_fallback``: deqkit's ``Implicit(fallback=Phantom())`` gradient, the
   model's other defaults: the exact implicit gradient where the solves converged.
+* ``deqkit_phantom_k16`` / ``deqkit_phantom_k40``: ``Phantom(16, 0.8)`` / ``Phantom(40, 1.0)``,
+  longer phantom horizons than the default's ``k=5, tau=0.5``.
 * ``deqkit_default``: ``model.deq`` as it is, i.e. ``deqkit.DEQ``'s defaults at run time
   (nothing is hard-coded here; the settings used are written into each JSON).
 
@@ -72,11 +74,21 @@ from deqkit.models import DEQConv
 from deqkit.tasks import load_digits_dataset
 from deqkit.utils import atomic_write_text
 
-VARIANTS = ("torchdeq_default", "torchdeq_implicit", "deqkit_default", "deqkit_implicit_fallback")
+VARIANTS = (
+    "torchdeq_default",
+    "torchdeq_implicit",
+    "deqkit_default",
+    "deqkit_implicit_fallback",
+    "deqkit_phantom_k16",
+    "deqkit_phantom_k40",
+)
 # deqkit variants: DEQ settings given to the model (none: the library's defaults)
 DEQKIT_VARIANTS = {
     "deqkit_default": {},
     "deqkit_implicit_fallback": {"backward": Implicit(fallback=Phantom())},
+    # longer phantom horizons (torchdeq's implicit setting is in effect 40 undamped terms)
+    "deqkit_phantom_k16": {"backward": Phantom(16, 0.8)},
+    "deqkit_phantom_k40": {"backward": Phantom(40, 1.0)},
 }
 TORCHDEQ_VARIANTS = ("torchdeq_default", "torchdeq_implicit")
 CHANNELS = (32,)
