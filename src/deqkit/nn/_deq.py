@@ -14,12 +14,10 @@ from torch.nn.utils import parametrize
 
 from ..solvers import Solver, SolveResult, resolve
 from ..solvers._loop import check_budget, run, solve
-from ._gradients import GRADIENTS, Gradient, make_gradient
+from ._gradients import Gradient, make_gradient
 from ._state import Packer, State
 
 __all__ = ["DEQ", "DEQInfo"]
-
-BACKWARD_MODES = tuple(GRADIENTS)
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,10 @@ class Gradient:
         name: The alias string (``"implicit"``, ``"phantom"``, ``"unrolled"``).
         unrolls: Whether the gradient is backprop through the solver's iterations, so the
             forward solve itself must run under autograd.
-        create_graph: Whether the gradient may itself be differentiated (double backward,
-            ``create_graph=True``).
     """
 
     name: ClassVar[str] = ""
     unrolls: ClassVar[bool] = False
-    create_graph: ClassVar[bool] = True
 
     def bind(
         self, solver: Solver, solver_options: dict | None, tol: float, stop: str, max_iter: int
@@ -196,7 +193,6 @@ class Implicit(Gradient):
     fallback: Phantom | None
     options: dict[str, Any] = field(default_factory=dict)
     name: ClassVar[str] = "implicit"
-    create_graph: ClassVar[bool] = False
 
     def __init__(
         self,

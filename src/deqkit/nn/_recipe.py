@@ -129,11 +129,6 @@ class Recipe:
         if not isinstance(self.weight_norm, bool):
             raise TypeError(f"Recipe weight_norm must be a bool, got {self.weight_norm!r}")
 
-    @property
-    def active(self) -> bool:
-        """Whether any recipe is on (a default ``Recipe()`` changes nothing)."""
-        return self != Recipe()
-
     def prepare(self, cell: nn.Module) -> nn.Module:
         """Apply the structural recipes (weight norm) to ``cell`` in place; returns it."""
         if self.weight_norm:
@@ -240,9 +235,13 @@ class StepPlan:
         total = sum(gamma ** (n - i) * loss_of_state(z) for i, z in enumerate(states))
         return total
 
+    def jacobian_estimate(self, f: Callable[[State], State], z: State) -> Tensor:
+        """``mean(jacobian_frobenius(f, z))`` with the recipe's probes (unweighted)."""
+        est = jacobian_frobenius(f, z, self.recipe.jac_samples, generator=self.generator)
+        return est.mean()
+
     def jacobian_penalty(self, f: Callable[[State], State], z: State) -> Tensor:
-        """``jac_weight * mean(jacobian_frobenius(f, z))`` this step, else a zero scalar."""
+        """``jac_weight * jacobian_estimate(f, z)`` this step, else a zero scalar."""
         if self.jac_weight == 0.0:
             return torch.zeros(())
-        est = jacobian_frobenius(f, z, self.recipe.jac_samples, generator=self.generator)
-        return self.jac_weight * est.mean()
+        return self.jac_weight * self.jacobian_estimate(f, z)
