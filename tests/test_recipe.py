@@ -119,7 +119,17 @@ def test_budget_jitter_draws_each_steps_budget_around_the_deqs():
         recipe.plan(s, deq, generator=again).overrides["max_iter"] for s in range(200)
     ]
     assert recipe.plan(0, max_iter=3, generator=gen).overrides["max_iter"] in range(1, 9)
-    assert Recipe(max_iter_jitter=5, pretrain_steps=1).plan(0, deq).overrides["max_iter"] == 10
+    stack = Recipe(max_iter_jitter=5, pretrain_steps=1, pretrain_iters=10)
+    assert {stack.plan(0, deq, generator=gen).overrides["max_iter"] for _ in range(100)} == set(
+        range(5, 16)
+    )  # around the pretraining budget
+    phantom_first = Recipe(
+        max_iter_jitter=5, pretrain_steps=1, pretrain_solver=None, pretrain_iters=None,
+        pretrain_gradient=deqkit.Phantom(),
+    )
+    first = [phantom_first.plan(0, deq, generator=gen).overrides for _ in range(100)]
+    assert {o["max_iter"] for o in first} == set(range(15, 26))  # jitter while pretraining
+    assert all(isinstance(o["backward"], deqkit.Phantom) for o in first)
     x = x_batch()
     _, info = deq(x, tol=1e-30, **recipe.plan(0, deq, generator=gen).overrides)
     assert 15 <= info.iterations[0] <= 25

@@ -74,7 +74,8 @@ class Recipe:
     * **Budget jitter**: each step's forward budget is drawn uniformly from
       ``[max_iter - max_iter_jitter, max_iter + max_iter_jitter]`` (at least 1), so the
       model cannot depend on one exact iteration count (as recurrent-depth models sample
-      theirs, Geiping et al. 2025).
+      theirs, Geiping et al. 2025). While pretraining, the budget jittered is that of the
+      pretraining (``pretrain_iters``, or the DEQ's when that is ``None``).
     * **Weight norm** on the cell (MDEQ, torchdeq): :meth:`prepare` applies
       :func:`deqkit.nn.apply_weight_norm`.
 
@@ -171,7 +172,7 @@ class Recipe:
                 out.pop("solver_options", None)
             if self.pretrain_iters is not None:
                 out["max_iter"] = self.pretrain_iters
-        elif self.max_iter_jitter:
+        if self.max_iter_jitter:
             centre = out.get("max_iter", max_iter)
             if centre is None:
                 if deq is None:
