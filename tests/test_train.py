@@ -229,6 +229,35 @@ def test_batches_depend_on_seed_and_step_only_so_shards_tile_the_global_batch(ta
     assert not torch.equal(other, x)
 
 
+def test_augment_shift_moves_each_image_by_its_own_offset_and_keeps_shards_exact():
+    plain = Data(TrainConfig(task="digits", batch_size=16))
+    c = TrainConfig(task="digits", batch_size=16, augment_shift=1)
+    data = Data(c)
+    x0, y0 = plain.batch(2, 0, 16)
+    x, y = data.batch(2, 0, 16)
+    assert torch.equal(y, y0) and x.shape == x0.shape
+    padded = torch.nn.functional.pad(x0, (1, 1, 1, 1), mode="replicate")
+    offsets = []
+    for j in range(16):  # each output is one of the 9 windows of its padded original
+        hits = [
+            (dy, dx)
+            for dy in range(3)
+            for dx in range(3)
+            if torch.equal(x[j], padded[j, :, dy : dy + 8, dx : dx + 8])
+        ]
+        assert hits, j
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 3  # offsets differ between samples
+    assert (x != x0).any(dim=(1, 2, 3)).float().mean() > 0.5
+    halves = [Data(c).batch(2, lo, lo + 8)[0] for lo in (0, 8)]
+    assert torch.equal(torch.cat(halves), x)  # per-sample draws: shards tile the batch
+    assert torch.equal(data.eval_set(None, None)[0], plain.eval_set(None, None)[0])
+    with pytest.raises(ValueError, match="augment_shift applies to data sets only"):
+        TrainConfig(task="prefix_sums", augment_shift=1)
+    with pytest.raises(ValueError, match="augment_shift"):
+        TrainConfig(task="digits", augment_shift=-1)
+
+
 def test_data_set_epochs_visit_each_sample_once():
     c = TrainConfig(task="digits", epochs=2, batch_size=256)
     data = Data(c)

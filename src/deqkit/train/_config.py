@@ -195,6 +195,9 @@ class TrainConfig:
             data set. Giving both ``steps`` and ``epochs`` is an error.
         epochs: Passes over a data set's training split (data sets only). Default ``None``.
         batch_size: Global batch size (split evenly over data-parallel ranks). Default ``64``.
+        augment_shift: Data sets only: shift every training input by a random whole number
+            of pixels in ``[-augment_shift, augment_shift]`` along each spatial axis (edges
+            replicated), drawn per sample from ``(seed, step, index)``. ``0`` (default): off.
 
     Logging, evaluation, checkpoints:
         log_every: Write a metrics record every this many steps (and at the last). Default 1.
@@ -263,6 +266,7 @@ class TrainConfig:
     steps: int | None = None
     epochs: int | None = None
     batch_size: int = 64
+    augment_shift: int = 0
     log_every: int = 1
     eval_every: int | None = None
     eval_size: int | None = None
@@ -360,6 +364,12 @@ class TrainConfig:
                 f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})"
             )
         _int("batch_size", self.batch_size, 1)
+        _int("augment_shift", self.augment_shift, 0)
+        if procedural and self.augment_shift:
+            raise ValueError(
+                f"augment_shift applies to data sets only; {self.task!r} draws a fresh batch "
+                f"every step (got augment_shift={self.augment_shift})"
+            )
         _int("log_every", self.log_every, 1)
         for name in ("eval_every", "eval_size", "eval_batch_size", "checkpoint_every"):
             _opt_int(name, getattr(self, name), 1)

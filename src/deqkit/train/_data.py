@@ -19,7 +19,7 @@ from ._config import DEFAULT_EVAL_SIZE, DEFAULT_STEPS, TrainConfig
 
 __all__ = ["Data", "mix_seed"]
 
-TRAIN_STREAM, EVAL_STREAM, STEP_STREAM, PERM_STREAM, LOSS_STREAM = 1, 2, 3, 4, 5
+TRAIN_STREAM, EVAL_STREAM, STEP_STREAM, PERM_STREAM, LOSS_STREAM, AUGMENT_STREAM = 1, 2, 3, 4, 5, 6
 _MASK = (1 << 64) - 1
 
 
@@ -102,7 +102,28 @@ class Data:
             self._perm = (epoch, torch.randperm(len(self.dataset.y_train), generator=g))
         start = offset * c.batch_size
         idx = self._perm[1][start + lo : start + hi]
-        return self.dataset.x_train[idx], self.dataset.y_train[idx]
+        x = self.dataset.x_train[idx]
+        if c.augment_shift:
+            x = self._shift(x, step, lo)
+        return x, self.dataset.y_train[idx]
+
+    def _shift(self, x: Tensor, step: int, lo: int) -> Tensor:
+        """Shift sample ``lo + j`` of step ``step`` by its own random offsets (edges replicated)."""
+        s = self.config.augment_shift
+        spatial = x.dim() - 2  # [n, C, *spatial]
+        if spatial not in (1, 2):
+            raise ValueError(
+                f"augment_shift needs inputs [n, C, L] or [n, C, H, W], got {tuple(x.shape)}"
+            )
+        padded = torch.nn.functional.pad(x, (s, s) * spatial, mode="replicate")
+        out = torch.empty_like(x)
+        sizes = x.shape[2:]
+        for j in range(len(x)):
+            g = torch.Generator().manual_seed(mix_seed(self.config.seed, AUGMENT_STREAM, step, lo + j))
+            offsets = torch.randint(0, 2 * s + 1, (spatial,), generator=g).tolist()
+            window = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
+            out[j] = padded[(j, slice(None), *window)]
+        return out
 
     def eval_set(self, difficulty: int | None, n: int | None) -> tuple[Tensor, Tensor]:
         """The fixed evaluation set at ``difficulty`` (the test split for data sets), on CPU.
