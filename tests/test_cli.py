@@ -115,6 +115,58 @@ def test_train_eval_sweep_round_trip(tmp_path, capsys):
     assert main(["train", "--steps", "1", "--out-dir", str(run), "--no-progress"]) == 2
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished one-step prefix-sum run (8 bits, recall1d of width 8): its run folder."""
+    from deqkit.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("cli") / "run"
+    config = TrainConfig(
+        task="prefix_sums",
+        difficulty=8,
+        model_kwargs={"width": 8, "num_blocks": 1},
+        steps=1,
+        batch_size=4,
+        eval_size=4,
+        out_dir=str(run),
+    )
+    train(config, progress=False)
+    return run
+
+
+def test_sweep_without_out_writes_next_to_checkpoint(tmp_path, tiny_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    args = ["sweep", str(run / "checkpoint.pt"), "--difficulties", "8", "--iterations", "1,3"]
+    assert main([*args, "--n", "4"]) == 0
+    assert {"sweep.csv", "sweep.json", "sweep.png"} <= {p.name for p in run.iterdir()}
+    wrote = capsys.readouterr().out.strip().splitlines()[-1]
+    assert wrote.startswith("wrote ") and str(run / "sweep.csv") in wrote
+
+
+def test_corrupt_or_truncated_checkpoint_gives_one_line_naming_the_file(tmp_path, tiny_run, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # truncated
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    for args, path in (
+        (["eval", str(bad)], bad),
+        (["eval", str(ckpt)], ckpt),
+        (["sweep", str(ckpt), "--n", "4", "--out", str(tmp_path / "sweep")], ckpt),
+        (["examine", str(bad)], bad),
+        (["train", "--resume", str(run), "--no-progress"], ckpt),
+    ):
+        capsys.readouterr()
+        assert main(args) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("deqkit: error:"), lines
+        assert str(path) in lines[0] and "weights_only" not in lines[0]
+        assert "truncated or corrupt" in lines[0]
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_mem_bench_tiny(tmp_path, capsys):
     assert (
         main(

@@ -221,6 +221,29 @@ def test_autocast_bfloat16_cell_with_float32_state():
     assert cell.W.grad is not None and torch.isfinite(cell.W.grad).all()
 
 
+def test_print_deq_shows_solver_tolerance_stop_budget_and_gradient():
+    cell = TanhCell(4)
+    text = repr(deqkit.DEQ(cell))
+    defaults = "solver=anderson, tol=0.0001, stop=rel, max_iter=30, backward=Phantom(k=5, tau=0.5)"
+    assert text.splitlines()[:3] == ["DEQ(", f"  {defaults}", "  (f): TanhCell()"]
+    deq = deqkit.DEQ(
+        cell,
+        solver="anderson",
+        solver_options={"m": 8},
+        tol=1e-5,
+        stop="abs",
+        max_iter=50,
+        backward=deqkit.Implicit(fallback=deqkit.Phantom(k=3)),
+        correction=2,
+    )
+    assert deq.extra_repr() == (
+        "solver=anderson(m=8), tol=1e-05, stop=abs, max_iter=50, backward=Implicit("
+        "solver=anderson(m=8), tol=1e-06, max_iter=100, fallback=Phantom(k=3, tau=0.5)), "
+        "correction=2"
+    )
+    assert deqkit.DEQ(cell, backward="unrolled").extra_repr().endswith("backward=Unrolled()")
+
+
 def test_bad_cells_and_settings_give_clear_errors():
     x = torch.randn(2, 4, dtype=D)
     with pytest.raises(ValueError, match="initial_state"):

@@ -124,7 +124,10 @@ def test_budget_jitter_draws_each_steps_budget_around_the_deqs():
         range(5, 16)
     )  # around the pretraining budget
     phantom_first = Recipe(
-        max_iter_jitter=5, pretrain_steps=1, pretrain_solver=None, pretrain_iters=None,
+        max_iter_jitter=5,
+        pretrain_steps=1,
+        pretrain_solver=None,
+        pretrain_iters=None,
         pretrain_gradient=deqkit.Phantom(),
     )
     first = [phantom_first.plan(0, deq, generator=gen).overrides for _ in range(100)]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from deqkit import solve
-from deqkit.study import EXAMPLE_COLUMNS, _adjoint, examine
+from deqkit.study import EXAMPLE_COLUMNS, _adjoint, examine, sweep
 from deqkit.train import TrainConfig, model_from_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,3 +132,21 @@ def test_examine_refuses_a_model_that_is_not_an_equilibrium_model(tmp_path):
     _, config = tiny(tmp_path)
     with pytest.raises(TypeError, match="equilibrium model"):
         examine(nn.Linear(2, 2), config)
+
+
+def test_sweep_of_a_run_at_the_default_difficulty_uses_its_evaluation_difficulties(tmp_path):
+    """difficulty=None in the config means the task's default (16 bits), not "none"."""
+    config = TrainConfig(
+        task="prefix_sums", model="recall1d", model_kwargs={"width": 8, "num_blocks": 1}
+    )
+    torch.manual_seed(0)
+    model = model_from_config(config)
+    assert list(sweep(model, config, iterations=[1, 2], n=4).curves) == [16]
+    config = TrainConfig(
+        task="prefix_sums",
+        difficulty=8,
+        eval_difficulties=(8, 12),
+        model="recall1d",
+        model_kwargs={"width": 8, "num_blocks": 1},
+    )
+    assert list(sweep(model, config, iterations=[1, 2], n=4).curves) == [8, 12]

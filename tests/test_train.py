@@ -397,6 +397,37 @@ def test_resume_may_extend_the_run_but_a_finished_run_does_nothing_more(tmp_path
     assert steps == [1, 2, 3, 3, 4, 5, 5]
 
 
+def test_resume_with_more_steps_does_not_respan_the_cosine_schedule(tmp_path, capsys):
+    # Past the warm-up a cosine schedule is planned for its step count: a new count would
+    # make the learning rate jump (neither this run continued nor a fresh longer one).
+    c = small(tmp_path, steps=4, warmup_steps=2)
+    train(c, progress=False)
+    before = {p.name: p.read_bytes() for p in Path(c.out_dir).iterdir()}
+    for steps in (8, 3):
+        with pytest.raises(ValueError, match=r"cosine .* planned for 4 steps .* step 4, past"):
+            train(dataclasses.replace(c, steps=steps), resume=True, progress=False)
+    assert main(["--resume", c.out_dir, "--steps", "8", "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deqkit: error: cannot resume"), lines
+    assert "fresh run with steps=8" in lines[0] and "schedule='constant'" in lines[0]
+    assert {p.name: p.read_bytes() for p in Path(c.out_dir).iterdir()} == before
+    # an interrupted cosine run past its warm-up: the same
+    cut = small(tmp_path, "cut", steps=6, warmup_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, progress=False, callback=Interrupt(3))
+    with pytest.raises(ValueError, match="planned for 6 steps"):
+        train(dataclasses.replace(cut, steps=8), resume=True, progress=False)
+    # within the warm-up the count does not matter yet: resuming with more steps is the
+    # fresh run with that many, bit for bit
+    warm = small(tmp_path, "warm", steps=2, warmup_steps=3)
+    train(warm, progress=False)
+    longer = train(dataclasses.replace(warm, steps=5), resume=True, progress=False)
+    fresh = train(small(tmp_path, "fresh", steps=5, warmup_steps=3), progress=False)
+    assert longer.step == fresh.step == 5
+    for a, b in zip(fresh.model.parameters(), longer.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_resume_of_a_checkpoint_written_before_a_config_field_existed(tmp_path):
     # A run saved by an older deqkit has no entry for fields added since (here the recipe
     # fields); they take their defaults, which reproduce the old behaviour.
@@ -591,7 +622,17 @@ def test_module_entry_point_trains_and_resumes(tmp_path, capsys):
     assert load_checkpoint(run)[2]["step"] == 3
     assert main(["--config", str(cfg), "--set", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
-    assert main(["--no-progress"]) == 2
+
+
+def test_train_without_task_or_config_trains_the_default_config(tmp_path, capsys):
+    run = tmp_path / "default"
+    args = ["--out-dir", str(run), "--steps", "1", "--batch-size", "4", "--width", "8"]
+    assert main([*args, "--set", "eval_size=4", "--no-progress"]) == 0, capsys.readouterr().err
+    config = load_checkpoint(run)[1]
+    assert config.task == "prefix_sums" and config.train_difficulty == 16
+    assert config == TrainConfig(
+        model_kwargs={"width": 8}, steps=1, batch_size=4, eval_size=4, out_dir=str(run)
+    )
 
 
 # -- data parallel -----------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         difficulties=args.difficulties,
         iterations=args.iterations,
         n=args.n,
-        out_dir=args.out,
+        out_dir=args.out or str(Path(args.checkpoint).parent),
         method=args.solver,
         batch_size=args.batch_size,
         pick=args.pick,

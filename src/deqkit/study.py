@@ -52,10 +52,12 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _difficulties(config: Any, difficulties: Sequence[int] | None) -> list[int | None]:
-    """The test difficulties asked for, else the config's; ``[None]`` for data sets."""
+    """The test difficulties asked for, else the config's evaluation difficulties
+    (``eval_difficulties``, else the training difficulty, else the task's default);
+    ``[None]`` for data sets."""
     if not config.procedural:
         return [None]
-    return list(difficulties or config.eval_difficulties or (config.difficulty,))
+    return list(difficulties or config.eval_levels)
 
 
 def sweep(
@@ -80,7 +82,8 @@ def sweep(
         model: An equilibrium model (``deqkit.models`` protocol).
         config: The :class:`~deqkit.train.TrainConfig` it was trained with (task, seed).
         difficulties: Test difficulties (e.g. string lengths). Default: the config's
-            ``eval_difficulties``; ignored for data sets.
+            ``eval_difficulties``, else its training difficulty (the task's default when
+            unset); ignored for data sets.
         iterations: Solver budgets (evaluations of ``f``). Default up to 100.
         n: Samples per difficulty. Default ``500``.
         out_dir: Folder for ``sweep.csv``, ``sweep.json`` and ``sweep.png``; ``None`` writes
@@ -449,7 +452,8 @@ def examine(
     Args:
         model: An equilibrium model (``deqkit.models`` protocol) whose state is one tensor.
         config: The :class:`~deqkit.train.TrainConfig` it was trained with.
-        difficulties: Test difficulties. Default: the config's ``eval_difficulties``.
+        difficulties: Test difficulties. Default: the config's ``eval_difficulties``, else
+            its training difficulty (the task's default when unset).
         n: Samples per difficulty, >= 1. Default ``100``.
         tol: Relative tolerance of every solve. Default ``1e-4``.
         max_iter: Budget of every solve. Default ``300``.

@@ -237,6 +237,48 @@ class DEQ(nn.Module):
         """The gradient object the constructor settings resolve to."""
         return self.settings.gradient
 
+    def extra_repr(self) -> str:
+        """The settings ``print(deq)`` shows beside ``f``, resolved, e.g. ``solver=anderson,
+        tol=0.0001, stop=rel, max_iter=30, backward=Phantom(k=5, tau=0.5)``.
+
+        A solver shows the hyperparameters it was given away from their defaults
+        (``anderson(m=8)``); an implicit gradient its adjoint solve as resolved (solver,
+        ``tol``, ``max_iter``, fallback); ``correction`` appears when it is not 0.
+        """
+
+        def solver(obj: Any) -> str:
+            if not dataclasses.is_dataclass(obj):
+                return repr(obj)
+            changed = []
+            for fld in dataclasses.fields(obj):
+                if fld.default is not dataclasses.MISSING:
+                    default = fld.default
+                elif fld.default_factory is not dataclasses.MISSING:
+                    default = fld.default_factory()
+                else:
+                    default = dataclasses.MISSING
+                value = getattr(obj, fld.name)
+                if value != default:
+                    changed.append(f"{fld.name}={value!r}")
+            name = getattr(obj, "name", type(obj).__name__)
+            return f"{name}({', '.join(changed)})" if changed else name
+
+        s = self.settings
+        gradient = s.gradient
+        backward = repr(gradient)
+        adjoint = s.bound
+        if getattr(gradient, "name", None) == "implicit" and adjoint is not None:
+            parts = [f"solver={solver(adjoint.solver)}", f"tol={adjoint.tol:g}"]
+            parts.append(f"max_iter={adjoint.max_iter}")
+            if adjoint.fallback is not None:
+                parts.append(f"fallback={adjoint.fallback!r}")
+            backward = f"{type(gradient).__name__}({', '.join(parts)})"
+        out = (
+            f"solver={solver(s.solver_obj)}, tol={float(s.tol):g}, stop={s.stop}, "
+            f"max_iter={s.max_iter}, backward={backward}"
+        )
+        return out + (f", correction={s.correction}" if s.correction else "")
+
     def resolved(self, **overrides: Any) -> _Settings:
         """The settings of a call with ``overrides``, validated once per override set."""
         if not overrides:

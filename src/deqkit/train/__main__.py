@@ -5,7 +5,7 @@ Examples::
     deqkit train --task prefix_sums --difficulty 16 --width 64 --out-dir runs/ps16
     python -m deqkit.train --config cfg.toml --out-dir runs/ps16
     python -m deqkit.train --config cfg.toml --set lr=3e-4 --set model_kwargs='{"width": 64}'
-    python -m deqkit.train --resume runs/ps16 --steps 20000
+    python -m deqkit.train --resume runs/ps16
     torchrun --nproc_per_node=4 -m deqkit.train --config cfg.toml
 
 The flags only build a :class:`~deqkit.train.TrainConfig`; the library never sees them.
@@ -59,7 +59,8 @@ def _parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParser:
     p = OneLineArgumentParser(
         prog=prog,
         description="Train a deep equilibrium model from a TrainConfig file (JSON or TOML) "
-        "and/or flags; flags override the file.",
+        "and/or flags; flags override the file. With neither, the TrainConfig defaults "
+        "(prefix sums at 16 bits).",
     )
     p.add_argument("--config", type=Path, help="config file (.json or .toml)")
     p.add_argument(
@@ -110,7 +111,11 @@ def _value(text: str) -> Any:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` that parsed flags describe."""
+    """The :class:`TrainConfig` that parsed flags describe.
+
+    The base is the ``--config`` file, else ``RUN_DIR/config.json`` when resuming, else the
+    ``TrainConfig`` defaults (prefix sums at 16 bits); the other flags are applied on top.
+    """
     base: dict[str, Any] = {}
     run_dir = args.resume if isinstance(args.resume, str) else None
     if args.resume is True and args.config is None and args.out_dir is not None:
@@ -119,8 +124,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = load_config(args.config).to_dict()
     elif run_dir is not None:
         base = load_config(Path(run_dir) / CONFIG).to_dict()
-    elif args.task is None:
-        raise ValueError("give --config FILE, --task TASK, or --resume RUN_DIR")
     if run_dir is not None:
         base["out_dir"] = run_dir
     for name in _SHORTCUTS:

@@ -48,7 +48,8 @@ DTYPES = ("float32", "float64")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 # Fields a resumed run may change: they do not alter the optimisation trajectory up to the
-# checkpoint (``steps`` and ``epochs`` do change a cosine schedule from there on).
+# checkpoint. ``steps`` and ``epochs`` would bend a cosine schedule from there on, so
+# train() refuses a new step count for a cosine run past its warm-up (constant: allowed).
 RESUMABLE_FIELDS = frozenset(
     {
         "steps",
@@ -189,7 +190,8 @@ class TrainConfig:
         weight_decay: >= 0. Default ``0.0``.
         momentum: SGD momentum in ``[0, 1)``; must be ``0`` for Adam(W). Default ``0.0``.
         schedule: ``"cosine"`` (default; to 0 at the last step) or ``"constant"``, after a
-            linear warm-up of ``warmup_steps`` steps (default ``50``).
+            linear warm-up of ``warmup_steps`` steps (default ``50``). A cosine run past its
+            warm-up cannot be resumed with another step count; a constant one can.
         grad_clip: Clip the global gradient norm to this value; ``None`` (default): no clip.
         steps: Optimiser steps; default 1000, or ``epochs`` times the steps per epoch for a
             data set. Giving both ``steps`` and ``epochs`` is an error.

@@ -68,9 +68,11 @@ class Data:
             return None
         return len(self.dataset.y_train) // self.config.batch_size
 
-    def total_steps(self) -> int:
-        """``steps``, else ``epochs * steps_per_epoch``, else 1000."""
-        c = self.config
+    def total_steps(self, config: TrainConfig | None = None) -> int:
+        """``steps``, else ``epochs * steps_per_epoch``, else 1000, of ``config`` (default:
+        this data's own; another must have the same task and batch size, e.g. the config
+        of the checkpoint a run resumes)."""
+        c = self.config if config is None else config
         if c.steps is not None:
             return c.steps
         if c.epochs is not None:
@@ -119,7 +121,9 @@ class Data:
         out = torch.empty_like(x)
         sizes = x.shape[2:]
         for j in range(len(x)):
-            g = torch.Generator().manual_seed(mix_seed(self.config.seed, AUGMENT_STREAM, step, lo + j))
+            g = torch.Generator().manual_seed(
+                mix_seed(self.config.seed, AUGMENT_STREAM, step, lo + j)
+            )
             offsets = torch.randint(0, 2 * s + 1, (spatial,), generator=g).tolist()
             window = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
             out[j] = padded[(j, slice(None), *window)]

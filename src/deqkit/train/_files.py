@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,27 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 
 def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`deqkit.train.train` (``weights_only`` loading)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint written by :func:`deqkit.train.train` (``weights_only`` loading).
+
+    Raises:
+        ValueError: One line naming ``path`` if the file is truncated, corrupt or not a
+            deqkit.train checkpoint (torch's own error is chained as the cause).
+        FileNotFoundError, PermissionError: If the file cannot be opened.
+    """
+    try:
+        with warnings.catch_warnings():
+            # a foreign pickle warns about its protocol before failing; the error says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as err:  # bad bytes raise many types (EOF, Key, Runtime, OS errno 22...)
+        first = str(err).strip().split("\n")[0].split(". ")[0][:120]
+        reason = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        raise ValueError(
+            f"cannot read checkpoint {path}: the file is truncated or corrupt, or not a "
+            f"deqkit.train checkpoint ({reason})"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a deqkit.train checkpoint (format {FORMAT})")
     return state

@@ -122,7 +122,13 @@ def train(
         resume: Continue the run in ``config.run_dir`` from its ``checkpoint.pt``. Its
             config must equal ``config`` except for the fields in ``RESUMABLE_FIELDS``
             (``steps``, ``epochs``, evaluation, logging and checkpoint intervals, device,
-            ...). Metrics logged after that checkpoint are dropped and redone.
+            ...). Metrics logged after that checkpoint are dropped and redone. With the
+            same step count the run continues bit for bit. The step count (``steps``, or
+            ``epochs`` of a data set) may change only where the learning-rate schedule does
+            not depend on it: with ``schedule="constant"`` (extending the run is then well
+            defined), or while the checkpoint is within the warm-up (the resumed run is the
+            fresh run with the new count). A cosine schedule past its warm-up was planned
+            for the old count, so a new count is refused with a ``ValueError``.
         progress: Show a tqdm bar (only on rank 0, and only on a terminal).
         callback: Called with a :class:`StepEvent` after each step; it may raise
             ``KeyboardInterrupt`` to stop the run as Ctrl-C would.
@@ -133,8 +139,9 @@ def train(
     Raises:
         FileExistsError: The run folder exists, is not empty and ``resume`` is false.
         FileNotFoundError: ``resume`` is true and the folder has no checkpoint.
-        ValueError: An incompatible checkpoint config, a batch size not divisible by the
-            number of processes, or settings the device cannot run.
+        ValueError: An incompatible checkpoint config (or step count, see ``resume``), an
+            unreadable checkpoint, a batch size not divisible by the number of processes, or
+            settings the device cannot run.
         KeyboardInterrupt: After saving a checkpoint, on Ctrl-C.
     """
     if not isinstance(config, TrainConfig):
@@ -167,7 +174,7 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: If there is no checkpoint at ``path``.
-        ValueError: If the file is not a deqkit.train checkpoint.
+        ValueError: If the file is truncated, corrupt or not a deqkit.train checkpoint.
     """
     path = Path(path)
     if path.is_dir():
@@ -250,7 +257,29 @@ def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.O
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _check_folder(config: TrainConfig, resume: bool) -> tuple[str | None, dict | None]:
+def _schedule_break(saved: TrainConfig, now: TrainConfig, step: int, data: Data) -> str | None:
+    """Why resuming at ``step`` with ``now``'s step count would not continue the run, or None.
+
+    The warm-up and a constant schedule do not depend on the step count; a cosine schedule
+    does from the end of the warm-up on. The count may therefore change on resume with
+    ``schedule="constant"`` or while the checkpoint is still within the warm-up (the run is
+    then the fresh run with the new count, bit for bit); otherwise the learning rate from
+    ``step`` on would follow neither the planned schedule nor a fresh run's.
+    """
+    old, new = data.total_steps(saved), data.total_steps(now)
+    if old == new or now.schedule == "constant" or step <= now.warmup_steps:
+        return None
+    return (
+        f"its cosine learning-rate schedule was planned for {old} steps and the checkpoint "
+        f"is at step {step}, past the {now.warmup_steps} warm-up steps; with {new} steps "
+        f"the learning rate would jump from here on, and the result would be neither this "
+        f"run continued nor a {new}-step run. Resume with the checkpoint's {old} steps to "
+        f"continue it, start a fresh run with steps={new} in another out_dir, or train with "
+        "schedule='constant', where the step count may change on resume"
+    )
+
+
+def _check_folder(config: TrainConfig, resume: bool, data: Data) -> tuple[str | None, dict | None]:
     """Rank 0's check of the run folder: ``(error, checkpoint)``."""
     folder = config.run_dir
     ckpt_path = folder / CHECKPOINT
@@ -264,7 +293,10 @@ def _check_folder(config: TrainConfig, resume: bool) -> tuple[str | None, dict |
         return None, None
     if not ckpt_path.is_file():
         return f"FileNotFoundError:cannot resume: no {CHECKPOINT} in {folder}", None
-    state = read_checkpoint(ckpt_path)
+    try:
+        state = read_checkpoint(ckpt_path)
+    except ValueError as err:  # reported on every rank, like the other errors here
+        return f"ValueError:cannot resume {folder}: {err}", None
     # Through TrainConfig, so fields added since the checkpoint was written take their
     # defaults (which reproduce the old behaviour) instead of blocking the resume.
     saved = TrainConfig.from_dict(state["config"]).to_dict()
@@ -278,6 +310,9 @@ def _check_folder(config: TrainConfig, resume: bool) -> tuple[str | None, dict |
             f"{detail} (only {', '.join(sorted(RESUMABLE_FIELDS))} may change)",
             None,
         )
+    why = _schedule_break(TrainConfig.from_dict(saved), config, state["step"], data)
+    if why is not None:
+        return f"ValueError:cannot resume {folder}: {why}", None
     return None, state
 
 
@@ -299,7 +334,7 @@ class _Run:
         self.data = Data(c)
         self.total = self.data.total_steps()
         self.per_rank = c.batch_size // dist.world_size
-        error, state = _check_folder(c, self.resume) if dist.is_main else (None, None)
+        error, state = _check_folder(c, self.resume, self.data) if dist.is_main else (None, None)
         error = dist.broadcast(error)
         if error is not None:
             kind, _, message = error.partition(":")
