@@ -33,6 +33,7 @@ __all__ = [
     "nan_map",
     "non_normal_linear",
     "orthogonal",
+    "pressure_network",
     "sqrt2_map",
     "tanh_at_fixed_point",
     "tanh_contraction",
@@ -311,6 +312,48 @@ def nan_map() -> Problem:
     )
 
 
+# --------------------------------------------------------------------------- nonlinear systems
+
+
+def pressure_network() -> Problem:
+    """SciPy's pressure-network problem (``scipy/optimize/tests``: ``pressure_network``, the
+    system ``F5`` of ``test_nonlin.py``) written as ``f(z) = z - F(z)``.
+
+    Four parallel pipes with flows ``z_i`` and valve coefficients ``k_i = 0.5`` have pressures
+    ``P_i = k_i z_i^2``; ``F(z) = (P_1 - P_0, P_2 - P_0, P_3 - P_0, sum_i z_i - Q)``, zero when
+    every pipe has the same pressure drop and the flows add up to the total ``Q``. SciPy's
+    start is ``(2, 0, 2, 0)`` with ``Q = 4``; here sample ``b`` starts at ``s_b (2, 0, 2, 0)``
+    with ``(s_b, Q_b)`` = (1, 4), (8, 32) (the start scaled with the total flow), (8, 4),
+    (10, 4), (20, 4): far from the roots, where plain iteration overflows (``P`` is
+    quadratic) and Broyden needs a globalisation. The roots are not unique (any flows of
+    equal magnitude adding up to ``Q``), so only the residual is checked.
+    """
+    scale = torch.tensor([[1.0], [8.0], [8.0], [10.0], [20.0]], dtype=torch.float64)
+    total = torch.tensor([[4.0], [32.0], [4.0], [4.0], [4.0]], dtype=torch.float64)
+    start = torch.tensor([2.0, 0.0, 2.0, 0.0], dtype=torch.float64)
+
+    def make_f(total: Tensor):
+        def f(z: Tensor) -> Tensor:
+            P = 0.5 * z**2
+            F = torch.cat((P[:, 1:] - P[:, :1], z.sum(1, keepdim=True) - total.to(z)), dim=1)
+            return z - F
+
+        return f
+
+    f, restrict = _per_sample(make_f, total=total)
+    return Problem(
+        name="pressure_network",
+        f=f,
+        z0=scale * start,
+        z_star=None,
+        converges={"anderson", "broyden", "newton"},
+        fails={"picard"},
+        tol=1e-10,
+        max_iter=300,
+        restrict=restrict,
+    )
+
+
 # --------------------------------------------------------------------------- tanh layers
 
 
@@ -472,6 +515,7 @@ def all_problems() -> list[Problem]:
         tanh_at_fixed_point(),
         cyclic_shift(),
         nan_map(),
+        pressure_network(),
     ]
 
 

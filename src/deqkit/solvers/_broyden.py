@@ -10,12 +10,16 @@ from torch import Tensor
 
 from ._core import Evaluator, Point, Solver, put, where_active
 
+_DECREASE = 1e-4
+"""Sufficient decrease of a trial after a rejection: ``||g|| <= (1 - 1e-4 t) ||g_k||``."""
+
 
 class _Memory(NamedTuple):
     U: Tensor  # [B, memory, n]
     V: Tensor  # [B, memory, n]
     count: Tensor  # [B] long: pairs in use
-    d: Tensor  # [B, n] next step -H g for the current iterate
+    d: Tensor  # [B, n] quasi-Newton step -H g for the current iterate
+    trial: Tensor  # [B] long: what the next proposal is (see Broyden, point 3)
 
 
 def _apply(U: Tensor, V: Tensor, count: Tensor, x: Tensor) -> Tensor:
@@ -34,22 +38,46 @@ class Broyden(Solver):
 
     .. math::
 
-        z_{k+1} = z_k - H_k g_k,\qquad s = z_{k+1} - z_k,\quad y = g_{k+1} - g_k, \\
+        z_{k+1} = z_k + t_k d_k,\quad d_k = -H_k g_k,\qquad s = z_{k+1} - z_k,\quad
+        y = g_{k+1} - g_k, \\
         H_{k+1} = H_k + \frac{(s - H_k y)\, s^\top H_k}{s^\top H_k y}
                 = H_k + u v^\top
 
-    (Broyden 1965; the DEQ form of Bai et al. 2019). ``H = -I + sum_i u_i v_i^T`` is stored as
-    at most ``memory`` pairs per sample.
+    (Broyden 1965; the DEQ form of Bai et al. 2019), with ``t_k = 1`` unless a step was
+    rejected (point 3). ``H = -I + sum_i u_i v_i^T`` is stored as at most ``memory`` pairs
+    per sample.
 
     How this differs from the DEQ originals and torchdeq 0.1, and why:
 
     1. Memory is capped and, when full, cleared (restart from ``-I``) rather than growing with
        ``max_iter`` (torchdeq) or overwriting the oldest pair (which stalled on non-normal maps).
     2. Everything is per sample: the update is skipped for a sample whose ``s^T H y`` is
-       numerically zero; a step whose residual is non-finite or grows by more than
-       ``safeguard`` times is rejected for that sample alone, which clears its memory (its
-       next step is a plain step). The originals use one line-search step for the batch.
-    3. The next direction ``-H_{k+1} g_{k+1}`` is formed from ``H_k g_{k+1}`` and the new pair,
+       numerically zero, and a step is rejected for one sample alone. The originals use one
+       line-search step for the batch.
+    3. A quasi-Newton step whose ``||g||`` grows by more than ``safeguard`` times is rejected,
+       and the sample searches from ``z_k``, one evaluation per trial, in this order:
+
+       * the plain step ``z_k + g_k`` (``H = -I``), accepted if
+         ``||g|| <= (1 - 10^{-4}) ||g_k||``; then the memory is dropped (a restart from ``-I``);
+       * the rejected step halved, ``z_k + 2^{-j} d_k`` for ``j = 1 .. max_backtracks``, with
+         the memory kept, accepted once ``||g|| <= (1 - 10^{-4} 2^{-j}) ||g_k||``;
+       * the last trial is accepted whatever it gives, so that the sample moves on.
+
+       An accepted trial updates ``H`` with the step actually taken; every step is still one
+       evaluation (a trial is a step whose proposal may be rejected). Before, a rejection
+       cleared the memory and the plain step was accepted whatever its residual: where plain
+       iteration is unstable each such reset multiplied ``||g||`` (by 27 up to 1e50 on
+       SciPy's pressure-network problem started far from its roots, whose iterates then went
+       to 1e19-1e50), while the halved quasi-Newton step lowers it. Where the plain step does
+       lower ``||g||`` (every rejection in the test zoo), the search is that reset: same
+       iterates, same evaluations. ``max_backtracks=0`` restores the old reset. A non-finite
+       quasi-Newton proposal is handled as before, not searched: the memory is cleared and
+       the plain step that follows is accepted whatever it gives, so a sample whose ``f``
+       left its domain for good is reported ``NONFINITE``. (Restarting from the best iterate
+       instead keeps the failing ingredient, a plain step from a cleared memory; where the
+       current iterate is the best, as at the first rejection of the pressure network's start
+       scaled with its flow, it is the very same step.)
+    4. The next direction ``-H_{k+1} g_{k+1}`` is formed from ``H_k g_{k+1}`` and the new pair,
        so a step costs four passes over the memory instead of six.
 
     Args:
@@ -59,15 +87,20 @@ class Broyden(Solver):
             needed 113-132 evaluations instead of 82).
         safeguard: Growth factor of ``||g||`` above which a quasi-Newton step is rejected,
             > 1. Default ``30.0`` (10 rejected legitimate steps on near-linear problems).
+        max_backtracks: Halvings of a rejected step tried after the plain step, >= 0
+            (point 3). Default ``4``.
     """
 
     memory: int = 100
     safeguard: float = 30.0
+    max_backtracks: int = 4
     name = "broyden"
 
     def __post_init__(self):
-        if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
-            raise ValueError(f"Invalid memory for broyden: {self.memory!r} (expected int >= 1)")
+        for field, lo in (("memory", 1), ("max_backtracks", 0)):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"Invalid {field} for broyden: {v!r} (expected int >= {lo})")
         if not (self.safeguard > 1.0):
             raise ValueError(f"Invalid safeguard for broyden: {self.safeguard!r} (expected > 1)")
 
@@ -76,34 +109,52 @@ class Broyden(Solver):
         # A budget of max_iter evaluations can use at most max_iter - 2 pairs.
         zeros = p.z.new_zeros(B, max(1, min(self.memory, ev.max_iter - 2)), n)
         count = torch.zeros(B, dtype=torch.long, device=p.z.device)
-        return _Memory(zeros, zeros.clone(), count, p.g.clone())
+        return _Memory(zeros, zeros.clone(), count, p.g.clone(), count.clone())
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, mem: _Memory):
-        U, V, count, d = mem
-        q = ev.point(ev.propose(active, p.z + d, p.z))
-        ok = torch.isfinite(q.gnorm) & (q.gnorm <= self.safeguard * p.gnorm)
-        accept = active & (ok | (count == 0))
-        reject = active & ~accept
+        U, V, count, d, trial = mem
+        # trial 0: the quasi-Newton step; 1: the plain step after a rejection; j + 1: the
+        # rejected step halved j times (point 3).
+        fresh, plain = trial == 0, trial == 1
+        t = torch.where(trial > 1, 0.5 ** (trial - 1).to(p.z.dtype), 1.0)
+        direction = where_active(plain, p.g, d)
+        q = ev.point(ev.propose(active, p.z + t[:, None] * direction, p.z))
+        finite = torch.isfinite(q.gnorm)
+        # NaN compares False: a non-finite proposal fails both tests.
+        ok = torch.where(
+            fresh,
+            q.gnorm <= self.safeguard * p.gnorm,
+            q.gnorm <= (1.0 - _DECREASE * t) * p.gnorm,
+        )
+        last = trial == self.max_backtracks + 1
+        accept = active & (ok | (fresh & (count == 0)) | last)
+        lost = active & fresh & ~finite & ~accept  # cleared as before, not searched
+        search = active & ~accept & ~lost
 
+        used = torch.where(plain, 0, count)  # the plain trial is taken with H = -I
         s = q.z - p.z
-        Hq = _apply(U, V, count, q.g)
-        Hy = Hq + d  # H y = H g_{k+1} - H g_k, and -H g_k = d
-        HTs = _apply(V, U, count, s)
+        Hq = _apply(U, V, used, q.g)
+        Hy = Hq + direction  # H y = H g_{k+1} - H g_k, and -H g_k = direction
+        HTs = _apply(V, U, used, s)
         denom = (s * Hy).sum(1)
         scale = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(Hy, dim=1)
         eps = torch.finfo(s.dtype).eps
         update = accept & torch.isfinite(denom) & (denom.abs() > eps * scale)
         u = (s - Hy) / torch.where(update, denom, 1.0)[:, None]
-        full = update & (count >= U.shape[1])
+        full = update & (used >= U.shape[1])
         write = update & ~full
         rows = torch.arange(U.shape[0], device=U.device)
-        slot = count.clamp(max=U.shape[1] - 1)
+        slot = used.clamp(max=U.shape[1] - 1)
         U = put(U, (rows, slot), where_active(write, u, U[rows, slot]))
         V = put(V, (rows, slot), where_active(write, HTs, V[rows, slot]))
         # -H_{k+1} g_{k+1} = -(H_k g_{k+1} + u (v . g_{k+1}))
         d_next = -(Hq + torch.where(write, (HTs * q.g).sum(1), 0.0)[:, None] * u)
-        restart = reject | full
-        d_next = where_active(restart, torch.where(reject[:, None], p.g, q.g), d_next)
+        restart = lost | full
+        d_next = where_active(restart, torch.where(lost[:, None], p.g, q.g), d_next)
+        d_next = where_active(search, d, d_next)
+        count_next = torch.where(restart, 0, torch.where(write, used + 1, used))
+        count_next = torch.where(search, count, count_next)
         d = where_active(active, d_next, d)
-        count = torch.where(restart, 0, torch.where(write, count + 1, count))
-        return q, accept, _Memory(U, V, count, d)
+        count = torch.where(active, count_next, count)
+        trial = torch.where(search, trial + 1, torch.where(active, 0, trial))
+        return q, accept, _Memory(U, V, count, d, trial)

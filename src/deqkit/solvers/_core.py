@@ -140,7 +140,9 @@ class Evaluator:
     """Evaluates ``f`` on flat iterates, counts evaluations per active sample, checks output.
 
     Solvers call :meth:`point` (and :meth:`jvp`) instead of ``f`` so that the shared loop owns
-    the bookkeeping. ``active`` is maintained by the loop: only active samples are charged.
+    the bookkeeping. Which samples are active is the loop's alone (:meth:`set_active`, before
+    every step; solvers read :attr:`active`): an evaluation is charged to every active sample,
+    or, with ``charge``, to the active samples a solver's inner iteration still runs for.
     """
 
     def __init__(
@@ -160,10 +162,21 @@ class Evaluator:
         self._rel = stop == "rel"
         self._eps = torch.finfo(state_dtype).tiny ** 0.5
         self.nfev = torch.zeros(self.batch, dtype=torch.long, device=z0.device)
-        self.active = torch.ones(self.batch, dtype=torch.bool, device=z0.device)
-        # Set by the loop where checking costs nothing (CPU): every sample is active, so
-        # proposals need no per-sample select.
-        self.all_active = False
+        self.set_active(torch.ones(self.batch, dtype=torch.bool, device=z0.device))
+
+    @property
+    def active(self) -> Tensor:
+        """``[B]`` bool, the samples still running (read-only; the loop sets it)."""
+        return self._active
+
+    def set_active(self, active: Tensor, all_active: bool = False) -> None:
+        """The loop's: set the ``[B]`` mask of running samples before a step.
+
+        ``all_active`` is True only where the loop checked (for free, on the CPU) that every
+        sample is running, so that proposals need no per-sample select.
+        """
+        self._active = active
+        self.all_active = all_active
 
     def _check(self, out: Any) -> Tensor:
         if not isinstance(out, Tensor):
@@ -185,20 +198,30 @@ class Evaluator:
         """``new`` for active samples, ``old`` (where they stopped) for the others."""
         return new if self.all_active else where_active(active, new, old)
 
-    def point(self, z: Tensor) -> Point:
-        """Evaluate ``f`` at flat ``z`` (``[B, n]``); one evaluation for each active sample."""
+    def _charge(self, charge: Tensor | None) -> None:
+        self.nfev += self._active if charge is None else self._active & charge
+
+    def point(self, z: Tensor, charge: Tensor | None = None) -> Point:
+        """Evaluate ``f`` at flat ``z`` (``[B, n]``).
+
+        Counted as one evaluation for each active sample, or, when ``charge`` (``[B]`` bool)
+        is given, for each active sample where it is True: the samples a solver's inner
+        iteration (a Krylov solve, a line search) still runs for. ``f`` sees the whole batch
+        either way.
+        """
         fz = self._check(self._f(z.view(self.shape).to(self.in_dtype)))
-        self.nfev += self.active
+        self._charge(charge)
         return self._finish(z, fz)
 
-    def jvp(self, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """``(f(z), J_f(z) v)`` by forward-mode autodiff; counted as one evaluation."""
+    def jvp(self, z: Tensor, v: Tensor, charge: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(f(z), J_f(z) v)`` by forward-mode autodiff; counted as one evaluation, like
+        :meth:`point` (``charge`` included)."""
         fz, jv = jvp(
             self._f,
             (z.view(self.shape).to(self.in_dtype),),
             (v.view(self.shape).to(self.in_dtype),),
         )
-        self.nfev += self.active
+        self._charge(charge)
         return self._check(fz), jv.reshape(self.batch, -1).to(self.dtype)
 
 
@@ -236,7 +259,9 @@ class Solver:
     * :meth:`init`: its state (history buffers...) given the first evaluated point, and
     * :meth:`step`: the next evaluated point, obtained through ``ev.point`` (or ``ev.jvp``),
       plus an optional ``[B]`` bool ``accept``: where it is False the loop keeps the old point
-      (a rejected proposal); ``None`` accepts every sample.
+      (a rejected proposal); ``None`` accepts every sample. A step that evaluates ``f``
+      several times for some samples only (an inner iteration) says so with ``charge=``;
+      it does not change ``ev.active``, which is the loop's.
 
     A step must leave inactive samples where they are (pass the proposal through
     ``ev.propose(active, proposal, p.z)`` before evaluating it) and should avoid host

@@ -87,6 +87,14 @@ def _check_args(f, z0, tol, stop, max_iter) -> None:
             f"z0 must be batch-first with a non-empty batch (dim 0) and sample, got shape "
             f"{tuple(z0.shape)}"
         )
+    if z0.dim() == 1:
+        n = z0.shape[0]
+        raise ValueError(
+            f"z0 must be batch-first ([B, ...], one row per sample); a 1-D z0 of shape ({n},) "
+            f"would be {n} samples of one scalar each. Pass z0[None] (shape [1, {n}]) for one "
+            f"vector of {n} unknowns, or z0[:, None] (shape [{n}, 1]) for {n} scalar "
+            f"problems; f receives tensors of that shape"
+        )
     check_budget(tol, stop, max_iter)
     if not bool(torch.isfinite(z0).all()):
         raise ValueError("z0 must be finite; it contains NaN or inf")
@@ -120,7 +128,9 @@ def solve(
     Args:
         f: Maps a tensor shaped like ``z0`` to one of the same shape. Samples must not
             interact (no batch statistics), or per-sample semantics do not hold.
-        z0: ``[B, ...]`` floating-point starting point, batch first. Half-precision ``z0``
+        z0: ``[B, ...]`` floating-point starting point, batch first, at least 2-D: a 1-D
+            tensor is ambiguous (one vector or many scalars) and raises; pass ``z0[None]`` for
+            one vector, ``z0[:, None]`` for many scalars. Half-precision ``z0``
             (bfloat16/float16) is iterated in float32; ``f`` still receives ``z0.dtype``.
         method: ``"picard"`` (alias ``"fixed_point"``), ``"anderson"``, ``"broyden"``,
             ``"newton"``, another registered name (see :func:`available`), or a
@@ -143,8 +153,8 @@ def solve(
     Raises:
         TypeError: ``f`` not callable, ``z0`` not a floating-point tensor, ``f`` returning
             something other than a tensor, unknown option.
-        ValueError: bad ``tol``/``stop``/``max_iter``, non-finite ``z0``, unknown method,
-            ``f`` returning another shape than ``z0``.
+        ValueError: bad ``tol``/``stop``/``max_iter``, ``z0`` not at least 2-D or not
+            finite, unknown method, ``f`` returning another shape than ``z0``.
         SolveError: only with ``raise_on_failure=True``.
 
     The forward solve runs under ``torch.no_grad()`` and keeps no autograd graph.
@@ -154,6 +164,12 @@ def solve(
     with torch.no_grad():
         result = run(f, z0, solver, float(tol), stop, max_iter, record_trace, record_iterates)
     return result.raise_for_status() if raise_on_failure else result
+
+
+def _host_checks_are_free(device: torch.device) -> bool:
+    """Whether reading a tensor's value on the host costs nothing: on the CPU, where there is
+    no queue of device work to wait for. Module-level so that tests can emulate a device."""
+    return device.type == "cpu"
 
 
 def run(
@@ -183,9 +199,8 @@ def run(
     p = ev.point(z0.reshape(ev.batch, -1).to(state_dtype))
     failed = ~torch.isfinite(p.gnorm)
     active = ~failed & (p.res > tol) & (ev.nfev < max_iter)
-    sync_every = 1 if z0.device.type == "cpu" else 8
-    ev.active = active
-    ev.all_active = sync_every == 1 and bool(active.all())
+    free = _host_checks_are_free(z0.device)
+    ev.set_active(active, free and bool(active.all()))
     best_z, best_res = p.z, p.res  # never modified in place
     start = p.z
     trace = [p.res.clone()] if record_trace else None
@@ -193,24 +208,29 @@ def run(
     if on_step is not None:
         on_step(0, p.z, p.res, best_z, best_res)
     state = solver.init(ev, p, active)
-    # Host synchronisation ("is anyone still running?", "did every sample take its step?") is
-    # free on the CPU, where it lets whole-batch cases skip per-sample selects; on an
-    # accelerator it stalls the queue, so there it happens every few steps. Counts stay
-    # exact either way, because evaluations are only charged to active samples.
+    # "Is any sample still running?" is asked before every step, on every device, so that f
+    # never runs once every sample has stopped. On an accelerator that is one host
+    # synchronisation per step: the host waits for the step's work before it queues the next
+    # one, so the device idles while the next step's first kernels are queued. Asking every
+    # few steps instead (8, before) saved that wait but could cost up to 7 whole-batch
+    # evaluations of f after the last sample stopped, and f (a DEQ layer) is usually the
+    # most expensive part of a step; counting them exactly does not make them free. The
+    # other checks ("did every sample take its step?") only let whole-batch cases skip
+    # per-sample selects, cheaper than a synchronisation, so they run where reading is free.
     for step in range(max_iter - 1):  # every step charges each active sample at least once
-        if step % sync_every == 0 and not bool(active.any()):
+        if not bool(active.any()):
             break
         q, accept, state = solver.step(ev, p, active, state)
         take = active if accept is None else active & accept
         bad = take & ~torch.isfinite(q.gnorm)
         failed |= bad
         take = take & ~bad
-        if sync_every == 1 and bool(take.all()):  # free check on the CPU: skip the selects
+        if free and bool(take.all()):  # free check on the CPU: skip the selects
             p = q
         else:
             p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
         better = take & (p.res < best_res)
-        if sync_every == 1 and bool(better.all()):
+        if free and bool(better.all()):
             best_z, best_res = p.z, p.res
         else:
             best_z = where_active(better, p.z, best_z)
@@ -222,8 +242,7 @@ def run(
         if on_step is not None:
             on_step(step + 1, p.z, p.res, best_z, best_res)
         active = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)
-        ev.active = active
-        ev.all_active = sync_every == 1 and bool(active.all())
+        ev.set_active(active, free and bool(active.all()))
     converged = best_res <= tol
     status = torch.where(
         converged,

@@ -65,12 +65,12 @@ class NewtonKrylov(Solver):
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> _Forcing:
         return _Forcing(torch.full_like(p.gnorm, self.eta_max), p.gnorm.clone())
 
-    def _matvec(self, ev: Evaluator, p: Point, v: Tensor) -> Tensor:
-        """``(J_f - I) v`` at ``p``."""
+    def _matvec(self, ev: Evaluator, p: Point, v: Tensor, charge: Tensor) -> Tensor:
+        """``(J_f - I) v`` at ``p``, charged to the samples in ``charge``."""
         if self.jvp == "autodiff":
-            return ev.jvp(p.z, v)[1] - v
+            return ev.jvp(p.z, v, charge)[1] - v
         h = torch.finfo(p.z.dtype).eps ** 0.5 * (1.0 + torch.linalg.vector_norm(p.z, dim=1))
-        return (ev.point(p.z + h[:, None] * v).fz - p.fz) / h[:, None] - v
+        return (ev.point(p.z + h[:, None] * v, charge).fz - p.fz) / h[:, None] - v
 
     def _forcing(self, p: Point, st: _Forcing) -> Tensor:
         eta = self.gamma * (p.gnorm / st.gnorm.clamp(min=torch.finfo(p.gnorm.dtype).tiny)) ** 2
@@ -92,10 +92,8 @@ class NewtonKrylov(Solver):
         used = torch.zeros(B, dtype=torch.long, device=p.z.device)
         running = active & (beta0 > 0)
         target = (eta * beta0).to(f64)
-        charged = ev.active
         for j in range(k_max):
-            ev.active = charged & running  # a sample that met its forcing term pays no more
-            w = self._matvec(ev, p, basis[j])
+            w = self._matvec(ev, p, basis[j], running)  # met its forcing term: pays no more
             Vs = torch.stack(basis, dim=1)  # [B, j+1, n]
             h = torch.zeros(B, j + 2, dtype=f64, device=p.z.device)
             for _ in range(2):  # classical Gram-Schmidt, reorthogonalised once
@@ -119,7 +117,6 @@ class NewtonKrylov(Solver):
             running = running & (e[:, j + 1].abs() > target) & ~breakdown
             if not bool(running.any()):
                 break
-        ev.active = charged
         k = R.shape[-1]
         cols = torch.arange(k, device=p.z.device)
         mask = cols < used[:, None]
@@ -134,7 +131,7 @@ class NewtonKrylov(Solver):
         return where_active(active & (used > 0), d, p.g)
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, st: _Forcing):
-        if not bool(active.any()):  # all stopped between the loop's checks (accelerators)
+        if not bool(active.any()):  # the loop never asks; a direct caller may
             return p, None, st
         budget = int((ev.max_iter - ev.nfev)[active].min())
         if budget < 2:  # no room for a Krylov step and its trial point: plain step
@@ -144,16 +141,13 @@ class NewtonKrylov(Solver):
         budget = int((ev.max_iter - ev.nfev)[active].min())
         t = torch.ones_like(p.gnorm)
         q = ev.point(ev.propose(active, p.z + d, p.z))
-        charged = ev.active
         for _ in range(min(self.max_backtracks, budget - 1)):
             bad = active & ~(q.gnorm <= (1.0 - 1e-4 * t) * p.gnorm)
             if not bool(bad.any()):
                 break
             t = torch.where(bad, 0.5 * t, t)
-            ev.active = charged & bad
-            trial = ev.point(where_active(bad, p.z + t[:, None] * d, p.z))
+            trial = ev.point(where_active(bad, p.z + t[:, None] * d, p.z), charge=bad)
             q = Point(*(where_active(bad, a, b) for a, b in zip(trial, q, strict=True)))
-        ev.active = charged
         return (
             q,
             None,
