@@ -42,6 +42,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _solver_help(what: str) -> str:
+    from .solvers import available
+
+    return (
+        f"{what}: {', '.join(available())}, or a name registered with "
+        "deqkit.solvers.register (default: the model's own)"
+    )
+
+
 # ---------------------------------------------------------------------------------- train
 
 
@@ -58,7 +67,9 @@ def _add_train(sub) -> None:
         add_help=False,
         prefix_chars="\0",  # everything after "train" goes to the training parser
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="the training flags (see deqkit train --help)"
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -84,12 +95,44 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="score a checkpoint at any difficulty and solver budget")
-    p.add_argument("checkpoint", help="path to checkpoint.pt")
-    p.add_argument("--difficulty", type=_positive_int, default=None, help="e.g. 64 (bits)")
-    p.add_argument("--n", type=_positive_int, default=None, help="number of test samples")
-    p.add_argument("--max-iter", type=_positive_int, default=None, help="solver budget")
-    p.add_argument("--tol", type=float, default=None, help="solver tolerance")
+    p.add_argument("checkpoint", help="path to a run's checkpoint.pt (from deqkit train)")
+    p.add_argument(
+        "--difficulty",
+        type=_positive_int,
+        default=None,
+        help="test difficulty of a procedural task, a positive integer: string length "
+        "(prefix_sums, e.g. 64), cells per side k (mazes); not for data sets, which use their "
+        "test split (default: the run's training difficulty)",
+    )
+    p.add_argument(
+        "--n",
+        type=_positive_int,
+        default=None,
+        help="number of test samples, a positive integer (default: the run's eval_size, "
+        "else 1000 for a procedural task and the whole test split for a data set)",
+    )
+    p.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=None,
+        help="forward solver budget, evaluations of f per sample, a positive integer; "
+        "iterations in recurrent mode (default: the run's max_iter, else the model's own)",
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="forward solver tolerance, > 0, deq mode only (default: the run's tol, else "
+        "the model's own)",
+    )
     p.set_defaults(func=_cmd_eval)
+
+
+_DIFFICULTIES_HELP = (
+    "comma-separated test difficulties of a procedural task, positive integers: string "
+    "lengths (prefix_sums), cells per side k (mazes),"
+)
+_DIFFICULTIES_DEFAULT = "(default: the run's eval_difficulties, else its training difficulty)"
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -116,23 +159,49 @@ def _add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep", help="test-time compute curve of a checkpoint: accuracy against iterations"
     )
-    p.add_argument("checkpoint", help="path to checkpoint.pt")
-    p.add_argument("--difficulties", type=_ints, default=None, help="e.g. 16,32,64,128")
+    p.add_argument("checkpoint", help="path to a run's checkpoint.pt (from deqkit train)")
     p.add_argument(
-        "--iterations", type=_ints, default=[1, 2, 5, 10, 20, 50, 100], help="solver budgets"
+        "--difficulties",
+        type=_ints,
+        default=None,
+        metavar="D1,D2,...",
+        help=_DIFFICULTIES_HELP + " e.g. 16,32,64,128 " + _DIFFICULTIES_DEFAULT,
     )
-    p.add_argument("--n", type=_positive_int, default=500, help="samples per difficulty")
-    p.add_argument("--solver", default=None, help="solver (default: the model's)")
+    p.add_argument(
+        "--iterations",
+        type=_ints,
+        default="1,2,5,10,20,50,100",
+        metavar="B1,B2,...",
+        help="comma-separated solver budgets (evaluations of f per sample) to read the "
+        "accuracy at, positive integers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--n",
+        type=_positive_int,
+        default=500,
+        help="test samples per difficulty, a positive integer (default: %(default)s)",
+    )
+    p.add_argument("--solver", default=None, help=_solver_help("forward solver"))
     p.add_argument(
         "--pick",
         choices=("best", "last"),
         default="best",
-        help="read out each sample's lowest-residual iterate (best, default) or its last one",
+        help="which iterate within each budget is read out: best (each sample's "
+        "lowest-residual one, what a solve returns) or last (its latest one, what a "
+        "recurrent net holds) (default: %(default)s)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, default=100, help="samples per solve (default 100)"
+        "--batch-size",
+        type=_positive_int,
+        default=100,
+        help="samples per solve, a positive integer (default: %(default)s)",
     )
-    p.add_argument("--out", default=None, help="output folder (default: next to checkpoint)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder for sweep.csv, sweep.json and sweep.png (default: the "
+        "checkpoint's folder)",
+    )
     p.set_defaults(func=_cmd_sweep)
 
 
@@ -180,18 +249,61 @@ def _add_examine(sub) -> None:
         help="solvers forward and backward, contraction, path independence and per-iterate "
         "readout of a checkpoint, per test sample",
     )
-    p.add_argument("checkpoint", help="path to checkpoint.pt")
-    p.add_argument("--difficulties", type=_ints, default=None, help="e.g. 16,32,64")
-    p.add_argument("--n", type=_positive_int, default=100, help="samples per difficulty")
-    p.add_argument("--tol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
-    p.add_argument("--max-iter", type=_positive_int, default=300, help="budget (default 300)")
+    p.add_argument("checkpoint", help="path to a run's checkpoint.pt (from deqkit train)")
     p.add_argument(
-        "--readout-iters", type=_positive_int, default=200, help="iterates read out (default 200)"
+        "--difficulties",
+        type=_ints,
+        default=None,
+        metavar="D1,D2,...",
+        help=_DIFFICULTIES_HELP + " e.g. 16,32,64 " + _DIFFICULTIES_DEFAULT,
     )
-    p.add_argument("--batch-size", type=_positive_int, default=50, help="samples per batch")
-    p.add_argument("--solver", default=None, help="solver (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of probes and starts")
-    p.add_argument("--out", default=None, help="output folder (default: next to checkpoint)")
+    p.add_argument(
+        "--n",
+        type=_positive_int,
+        default=100,
+        help="test samples per difficulty, a positive integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-4,
+        help="relative tolerance of every solve, > 0 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=300,
+        help="budget of every solve, evaluations of f per sample, a positive integer "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--readout-iters",
+        type=_positive_int,
+        default=200,
+        help="iterates read out per solver, a positive integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=50,
+        help="samples per batch, a positive integer; memory grows as readout-iters x batch "
+        "x state (default: %(default)s)",
+    )
+    p.add_argument(
+        "--solver", default=None, help=_solver_help("solver for z* and the backward solve")
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random probes and starts, an integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder for examples.csv, examine.json and readout.png (default: the "
+        "checkpoint's folder)",
+    )
     p.set_defaults(func=_cmd_examine)
 
 
@@ -229,12 +341,43 @@ def _cmd_solve_bench(args: argparse.Namespace) -> int:
 
 def _add_solve_bench(sub) -> None:
     p = sub.add_parser("solve-bench", help="our solvers against torchdeq's, side by side")
-    p.add_argument("--repeats", type=_positive_int, default=None, help="default 7 (2 quick)")
-    p.add_argument("--quick", action="store_true", help="small problems")
-    p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        help="timed runs per solver and problem, median reported, a positive integer "
+        "(default: 7, or 2 with --quick)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the same problems at a fraction of the size (width 32 and 128, batch 8 and 16) "
+        "to check the pipeline in seconds; the targets are stated for the full sizes "
+        "(default: full size, width 256 and 1024)",
+    )
+    p.add_argument(
+        "--out",
+        default="bench-out",
+        help="output folder for solver_bench.md, .json and .png plots (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="device to run on: %(choices)s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads for the run, a positive integer; 1 makes timings far less "
+        "sensitive to other processes (default: leave torch's setting)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (default: a progress bar on stderr)",
+    )
     p.set_defaults(func=_cmd_solve_bench)
 
 
@@ -270,12 +413,42 @@ def _cmd_mem_bench(args: argparse.Namespace) -> int:
 
 def _add_mem_bench(sub) -> None:
     p = sub.add_parser("mem-bench", help="peak memory of a training step against iterations")
-    p.add_argument("--iterations", type=_ints, default=[5, 10, 20, 40, 80])
-    p.add_argument("--width", type=_positive_int, default=256)
-    p.add_argument("--batch", type=_positive_int, default=64)
-    p.add_argument("--repeats", type=_positive_int, default=5)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
+    p.add_argument(
+        "--iterations",
+        type=_ints,
+        default="5,10,20,40,80",
+        metavar="N1,N2,...",
+        help="comma-separated forward iteration counts to measure at, positive integers "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--width",
+        type=_positive_int,
+        default=256,
+        help="width of the tanh layer z <- tanh(W z + U x + b) and its state, a positive "
+        "integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch", type=_positive_int, default=64, help="batch size (default: %(default)s)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=5,
+        help="timed repeats per method and iteration count, median reported, a positive "
+        "integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="device to run on: %(choices)s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="bench-out",
+        help="output folder for mem_bench.json, .png and .md (default: %(default)s)",
+    )
     p.set_defaults(func=_cmd_mem_bench)
 
 
@@ -299,33 +472,80 @@ def _add_demo(sub) -> None:
         "compute curve on longer ones, compare solvers at its fixed points, measure spectral "
         "radius/norm and path independence, and write report.html/report.md.",
     )
-    p.add_argument("--task", default=None, choices=["prefix_sums", "mazes"])
-    p.add_argument("--width", type=_positive_int, default=None)
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps")
-    p.add_argument("--backward", default=None, choices=["implicit", "phantom", "unrolled"])
+    # The defaults are DemoConfig's (tests/test_cli_help.py checks they agree); they are
+    # written out here so that building the parser does not import the demo's dependencies.
+    p.add_argument(
+        "--task",
+        default="prefix_sums",
+        choices=["prefix_sums", "mazes"],
+        help="task: %(choices)s (prefix-sum parity strings, or mazes) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--width",
+        type=_positive_int,
+        default=32,
+        help="channels of the recall network, a positive integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=400,
+        help="training steps, a positive integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backward",
+        default="phantom",
+        choices=["implicit", "phantom", "unrolled"],
+        help="training gradient: %(choices)s (default: %(default)s; implicit training of "
+        "this network loses forward convergence, docs/results.md)",
+    )
     p.add_argument(
         "--max-budget",
         dest="max_budget",
         type=_positive_int,
-        default=None,
-        help="largest solver budget of the compute curve",
+        default=200,
+        help="largest solver budget of the compute curve, a positive integer "
+        "(default: %(default)s)",
     )
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", dest="out_dir", default=None, help="report folder")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="device: %(choices)s; auto is CUDA when present, else cpu (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the model, data and probes, an integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        dest="out_dir",
+        default=None,
+        help="report folder; a given one must not exist or be empty (default: runs/demo, "
+        "or runs/demo-2, ... if taken)",
+    )
     p.add_argument(
         "--fast",
         action="store_true",
-        default=None,
-        help="a tiny run that checks the pipeline end to end",
+        help="a tiny run that checks the pipeline end to end in seconds: width 8, 6 steps, "
+        "shorter strings or mazes; overrides --width and --steps (default: off)",
     )
     p.set_defaults(func=_cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``deqkit`` argument parser (exposed for documentation and tests)."""
-    parser = OneLineArgumentParser(prog="deqkit", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
+    description = __doc__.split("\n\n")[0].replace("``", "")
+    parser = OneLineArgumentParser(prog="deqkit", description=description)
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=OneLineArgumentParser,
+        metavar="COMMAND",
+        help="one of the commands below; deqkit COMMAND --help states its flags",
+    )
     for add in (
         _add_train,
         _add_eval,

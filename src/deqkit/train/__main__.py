@@ -14,6 +14,8 @@ The flags only build a :class:`~deqkit.train.TrainConfig`; the library never see
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -21,12 +23,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..models import available_models
+from ..nn import DEQ
+from ..nn._gradients import GRADIENTS
+from ..solvers import available as available_solvers
 from ..utils import OneLineArgumentParser
-from ._config import TrainConfig, load_config
+from ._config import (
+    AMP,
+    DEFAULT_DIFFICULTY,
+    DEFAULT_MODEL,
+    DEFAULT_STEPS,
+    DEVICES,
+    MODES,
+    TASKS,
+    TrainConfig,
+    load_config,
+)
 from ._files import CONFIG
 from ._loop import train
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 _SHORTCUTS = {
     "task": str,
@@ -47,22 +63,94 @@ _SHORTCUTS = {
     "amp": str,
 }
 
-
-_HELP = {
-    "backward": "training gradient: phantom (the DEQ default), implicit or unrolled; for an "
-    "implicit gradient with the phantom fallback use --set "
-    'backward=\'{"name": "implicit", "fallback": {"name": "phantom"}}\'',
+# Closed sets of valid values (TrainConfig refuses anything else). Solvers and models are
+# open: solvers can be registered (deqkit.solvers.register), models named
+# "package.module:factory"; their help lists the built-ins instead.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS,
+    "mode": MODES,
+    "backward": tuple(GRADIENTS),
+    "device": DEVICES,
+    "amp": AMP,
 }
 
 
-def _parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParser:
+def _default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+def _by_value(mapping: dict[str, Any]) -> str:
+    """``{"a": 1, "b": 1, "c": 2}`` -> ``"1 for a, b; 2 for c"``."""
+    groups: dict[Any, list[str]] = {}
+    for key, value in mapping.items():
+        groups.setdefault(value, []).append(key)
+    return "; ".join(f"{value} for {', '.join(keys)}" for value, keys in groups.items())
+
+
+def _help() -> dict[str, str]:
+    """Help of the config shortcuts: meaning, valid values, default (TrainConfig's)."""
+    # the DEQ defaults, which a model's own settings start from
+    deq = {k: v.default for k, v in inspect.signature(DEQ).parameters.items()}
+    solvers = ", ".join(available_solvers())
+    models = ", ".join(available_models())
+    return {
+        "task": "task to train on: %(choices)s (procedural: prefix_sums, mazes; the others "
+        f"are data sets) (default: {_default('task')})",
+        "difficulty": "training difficulty of a procedural task, a positive integer: string "
+        "length (prefix_sums), cells per side k (mazes); not for data sets (default: "
+        f"{_by_value(DEFAULT_DIFFICULTY)})",
+        "model": f"model to train: {models}, or 'package.module:factory' for your own "
+        f"(default: the task's: {_by_value(DEFAULT_MODEL)})",
+        "mode": "deq (solve for the fixed point) or recurrent (a fixed number of weight-tied "
+        f"iterations, progressive loss) (default: {_default('mode')})",
+        "solver": f"forward solver: {solvers}, or a name registered with "
+        "deqkit.solvers.register (default: the model's own: "
+        f"{deq['solver']}, the DEQ default; picard for monotone_mlp)",
+        "tol": "forward solver tolerance, > 0 (deq mode) (default: the model's own: "
+        f"{deq['tol']}, the DEQ default; 0.001 for recall1d and recall2d)",
+        "max_iter": "forward budget, evaluations of f per sample, >= 1; in recurrent mode "
+        "the iterations run at evaluation (default: the model's own: "
+        f"{deq['max_iter']}, the DEQ default; 100 for monotone_mlp; recurrent mode: "
+        f"train_iters, {_default('train_iters')})",
+        "backward": "training gradient: %(choices)s (default: the model's own: "
+        f"{deq['backward']}, the DEQ default; implicit for monotone_mlp); for a gradient "
+        "spec, e.g. implicit with the phantom fallback, use --set "
+        'backward=\'{"name": "implicit", "fallback": {"name": "phantom"}}\'',
+        "out_dir": "run folder; must be new or empty unless resuming (default: "
+        "runs/{task}-{model}-{mode}-seed{seed})",
+        "steps": "optimiser steps, >= 1; not together with --epochs (default: "
+        f"{DEFAULT_STEPS}, or epochs times the steps per epoch for a data set)",
+        "epochs": "passes over a data set's training split, >= 1 (data sets only); not "
+        "together with --steps (default: none, --steps decides)",
+        "batch_size": "global batch size, split evenly over data-parallel ranks, >= 1 "
+        f"(default: {_default('batch_size')})",
+        "lr": f"peak learning rate, > 0 (default: {_default('lr')})",
+        "seed": "seed of the model initialisation, the data stream and every step's "
+        f"randomness, an integer (default: {_default('seed')})",
+        "device": "device to train on: %(choices)s; auto is CUDA when available, else cpu "
+        f"(default: {_default('device')})",
+        "amp": "mixed precision: %(choices)s; bf16 autocasts the forward in bfloat16, the "
+        f"solver state stays float32 (default: {_default('amp')})",
+    }
+
+
+def build_parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParser:
+    """The training command line's parser (``deqkit train``, ``python -m deqkit.train``)."""
     p = OneLineArgumentParser(
         prog=prog,
         description="Train a deep equilibrium model from a TrainConfig file (JSON or TOML) "
         "and/or flags; flags override the file. With neither, the TrainConfig defaults "
-        "(prefix sums at 16 bits).",
+        "(prefix sums at 16 bits). Each flag sets the TrainConfig field of its name (--width: "
+        "model_kwargs['width']); a default below is TrainConfig's, used where neither a flag "
+        "nor the config file (--config, or RUN_DIR/config.json with --resume RUN_DIR) sets "
+        "the field.",
     )
-    p.add_argument("--config", type=Path, help="config file (.json or .toml)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="config file (.json or .toml) of TrainConfig fields (default: none, the "
+        "TrainConfig defaults; with --resume RUN_DIR, RUN_DIR/config.json)",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -70,36 +158,55 @@ def _parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParser:
         default=None,
         metavar="RUN_DIR",
         help="continue the run from its checkpoint.pt; with RUN_DIR and no --config, the "
-        "config is read from RUN_DIR/config.json",
+        "config is read from RUN_DIR/config.json; without RUN_DIR, the run in --out-dir "
+        "(or the config's out_dir) (default: start a fresh run)",
     )
+    helps = _help()
     for name, kind in _SHORTCUTS.items():
         p.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             type=kind,
             default=None,
+            choices=_CHOICES.get(name),
             metavar=name.upper(),
-            help=_HELP.get(name, f"set the config's {name}"),
+            help=helps[name],
         )
-    p.add_argument("--width", type=int, default=None, help="set model_kwargs['width']")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="set model_kwargs['width'], the model's channels or hidden units, >= 1 "
+        "(default: the model's own, 64 for the recall networks)",
+    )
     p.add_argument(
         "--eval-difficulties",
         type=lambda text: [int(v) for v in text.split(",")],
         default=None,
         metavar="D1,D2,...",
-        help="set the config's eval_difficulties",
+        help="comma-separated difficulties to evaluate at, procedural tasks only "
+        "(default: the training difficulty)",
     )
     p.add_argument(
-        "--compile", action="store_true", default=None, help="torch.compile the model's cell f"
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model's cell f (default: off)",
     )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any config field; VALUE is parsed as JSON, else taken as a string",
+        help="override any TrainConfig field, repeatable, applied after the other flags; "
+        "VALUE is parsed as JSON, else taken as a string, e.g. --set lr=3e-4 --set "
+        "model_kwargs='{\"width\": 64}' (default: none)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (default: a progress bar on stderr)",
+    )
     return p
 
 
@@ -145,7 +252,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m deqkit.train") -> int:
     """Parse ``argv``, train, print where the run went. Returns the exit status."""
-    args = _parser(prog).parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         config = config_from_args(args)
         result = train(config, resume=args.resume is not None, progress=not args.no_progress)
