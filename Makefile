@@ -2,7 +2,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint format demo bench clean
+.PHONY: install test test-slow test-gpu lint format demo bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ test-slow: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; } \
 		|| echo "test-slow: chromium not installable; the report-rendering test will skip"
 	$(PY) -m pytest -m slow
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu
 
 demo: $(STAMP)
 	$(VENV)/bin/deqkit demo

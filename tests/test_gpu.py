@@ -1,0 +1,116 @@
+"""The solvers and the DEQ layer on CUDA: the same answers and counts as on the CPU.
+
+Marked ``gpu`` and skipped without CUDA (``make test-gpu`` runs them). Each test runs one
+computation on both devices and compares: evaluation counts and statuses exactly, iterates
+to float64 round-off, so a device-specific path (the loop's host checks, the per-sample
+selects) cannot change what a user gets.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import zoo
+from torch import nn
+
+import deqkit
+from deqkit import Status, solve
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+D = torch.float64
+
+
+def _both(p: zoo.Problem, method: str, **kwargs):
+    kw = {"tol": p.tol, "stop": p.stop, "max_iter": p.max_iter, **kwargs}
+    cpu = solve(p.f, p.z0, method, **kw)
+    q = p.to("cuda")
+    return cpu, solve(q.f, q.z0, method, **kw)
+
+
+@pytest.mark.parametrize("method", zoo.METHODS)
+@pytest.mark.parametrize("name", ["mixed_tanh", "expansive_tanh", "linear_slow", "cos"])
+def test_counts_statuses_and_iterates_equal_the_cpu_result(method, name):
+    p = zoo.by_name(name)
+    cpu, gpu = _both(p, method, record_trace=True)
+    assert gpu.z.device.type == "cuda"
+    assert torch.equal(gpu.iterations.cpu(), cpu.iterations)  # per-sample stopping
+    assert torch.equal(gpu.status.cpu(), cpu.status)
+    torch.testing.assert_close(gpu.z.cpu(), cpu.z, rtol=1e-9, atol=1e-9)
+    assert gpu.trace.shape == cpu.trace.shape  # the loop ran as many steps
+
+
+@pytest.mark.parametrize("method", zoo.METHODS)
+def test_no_evaluation_after_every_sample_stopped_on_cuda(method):
+    p = zoo.by_name("mixed_tanh").to("cuda")
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return p.f(z)
+
+    r = solve(f, p.z0, method, tol=p.tol, stop=p.stop, max_iter=p.max_iter)
+    assert r.all_converged
+    per_call = 2 if method == "newton" else 1  # a Newton step may also evaluate a jvp
+    assert len(calls) <= per_call * int(r.iterations.max()) + 1
+
+
+@pytest.mark.parametrize("method", zoo.METHODS)
+def test_a_nonfinite_sample_stays_isolated_on_cuda(method):
+    p = zoo.nan_map()
+    cpu, gpu = _both(p, method)
+    assert torch.equal(gpu.status.cpu(), cpu.status)
+    assert (gpu.status.cpu() == Status.NONFINITE).any()
+    assert bool(torch.isfinite(gpu.z).all())
+    ok = gpu.status.cpu() == Status.CONVERGED
+    torch.testing.assert_close(gpu.z.cpu()[ok], cpu.z[ok], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_f_keeps_a_float32_state_on_cuda(dtype):
+    torch.manual_seed(0)
+    W = (0.5 * torch.randn(32, 32) / 32**0.5).cuda()
+    x = torch.randn(8, 32).cuda()
+
+    def f(z):
+        assert z.dtype == dtype
+        return torch.tanh(z @ W.to(dtype).T + x.to(dtype))
+
+    r = solve(f, torch.zeros(8, 32, device="cuda", dtype=dtype), "anderson", tol=1e-2)
+    assert r.z.dtype == dtype and r.all_converged
+    assert bool(torch.isfinite(r.residual).all())
+
+
+class _Cell(nn.Module):
+    def __init__(self, n=16, d=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        W = torch.randn(n, n, generator=g, dtype=D)
+        self.W = nn.Parameter(0.7 * W / torch.linalg.matrix_norm(W, 2))
+        self.U = nn.Parameter(torch.randn(n, d, generator=g, dtype=D))
+
+    def forward(self, z, x):
+        return torch.tanh(z @ self.W.T + x @ self.U.T)
+
+    def initial_state(self, x):
+        return x.new_zeros(x.shape[0], self.W.shape[0])
+
+
+@pytest.mark.parametrize("backward", ["implicit", "phantom", "unrolled"])
+def test_deq_forward_and_gradients_equal_the_cpu_ones(backward):
+    x = torch.randn(5, 4, dtype=D, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for device in ("cpu", "cuda"):
+        cell = _Cell().to(device)
+        deq = deqkit.DEQ(cell, backward=backward, tol=1e-10, max_iter=200)
+        z, info = deq(x.to(device))
+        z.square().sum().backward()
+        out[device] = (z.cpu(), info.iterations.cpu(), cell.W.grad.cpu(), cell.U.grad.cpu())
+    for a, b in zip(out["cpu"], out["cuda"], strict=True):
+        if a.dtype == torch.long:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
