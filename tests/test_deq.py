@@ -324,5 +324,5 @@ def test_mixed_init_and_fixed_point_correction_states():
     loss = sum(c.pow(2).sum() for c in info.corrections)
     loss.backward()
     assert cell.W.grad is not None
-    with pytest.raises(ValueError, match="p must"):
+    with pytest.raises(ValueError, match=r"Invalid p: 1.5 \(expected a number in \[0, 1\]\)"):
         mixed_init(z0, p=1.5)

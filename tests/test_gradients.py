@@ -251,9 +251,9 @@ def test_bad_gradients_and_options_that_do_not_apply_are_errors():
         Implicit("anderson", nonsense=1)
     with pytest.raises(TypeError, match="unknown option.*nonsense"):
         deqkit.DEQ(cell, backward=Implicit(nonsense=1))  # checked against the forward solver
-    with pytest.raises(ValueError, match="Phantom k"):
+    with pytest.raises(ValueError, match="Invalid k for Phantom"):
         Phantom(0)
-    with pytest.raises(ValueError, match="Phantom tau"):
+    with pytest.raises(ValueError, match="Invalid tau for Phantom"):
         Phantom(2, 1.5)
     with pytest.raises(ValueError, match="differentiable.*'newton'"):
         deqkit.DEQ(cell, backward=Unrolled(), solver="newton")

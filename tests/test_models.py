@@ -535,7 +535,7 @@ def test_progressive_loss_rejects_bad_arguments(kw, match):
         (lambda: DEQConv(channels=(6,), groups=4), "groups"),
         (lambda: DEQConv(in_channels=0), "in_channels"),
         (lambda: ExplicitConv(depth=0), "depth"),
-        (lambda: MonotoneMLP(8, m=0.0), "m must"),
+        (lambda: MonotoneMLP(8, m=0.0), "Invalid m: 0.0"),
         (lambda: MonotoneMLP(8, damping=2.0), "damping"),
         (lambda: MonotoneMLP(8, hidden=-1), "hidden"),
     ],

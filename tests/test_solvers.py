@@ -581,7 +581,7 @@ BAD_CALLS = {
     "max_iter<0": (dict(max_iter=-3), ValueError, "max_iter"),
     "max_iter=float": (dict(max_iter=10.0), ValueError, "max_iter"),
     "max_iter=True": (dict(max_iter=True), ValueError, "max_iter"),
-    "stop": (dict(stop="max"), ValueError, "stop must be 'abs' or 'rel', got 'max'"),
+    "stop": (dict(stop="max"), ValueError, r"Invalid stop: 'max' \(expected one of 'abs', 'rel'\)"),
     "method name": (dict(method="andersen"), ValueError, "unknown method 'andersen'"),
     "method type": (dict(method=3), TypeError, "method must be"),
     "method class": (dict(method=Anderson), TypeError, "method must be"),

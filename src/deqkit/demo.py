@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ from pathlib import Path
 import torch
 
 from . import analysis
+from ._io import write_json_atomic
+from ._validate import choice, integer
 from .report import Report, markdown_table
 from .study import compare_solvers, contraction, sweep
 from .train import TrainConfig, train
 from .train._data import Data
-from .utils import atomic_write_text
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -67,16 +67,10 @@ class DemoConfig:
     fast: bool = False
 
     def __post_init__(self):
-        if self.task not in _TASKS:
-            raise ValueError(f"task must be one of {', '.join(_TASKS)}, got {self.task!r}")
+        choice("task", self.task, _TASKS)
         for name in ("width", "steps", "max_budget"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.backward not in ("implicit", "phantom", "unrolled"):
-            raise ValueError(
-                f"backward must be implicit, phantom or unrolled, got {self.backward!r}"
-            )
+            integer(name, getattr(self, name), 1)
+        choice("backward", self.backward, ("implicit", "phantom", "unrolled"))
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -244,8 +238,8 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
             "threads": torch.get_num_threads(),
         },
     }
-    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=str))
-    atomic_write_text(out / "config.json", json.dumps(tc.to_dict(), indent=2))
+    write_json_atomic(out / "metrics.json", summary, default=str)
+    write_json_atomic(out / "config.json", tc.to_dict())
 
     rep = Report(f"deqkit demo: a DEQ recall network on {cfg.task.replace('_', ' ')}")
     last = result.train or {}

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .utils import atomic_write_text
+from ._io import write_text_atomic
 
 __all__ = ["Report", "markdown_table"]
 
@@ -77,9 +77,9 @@ class Report:
     def write(self, folder: str | Path) -> tuple[Path, Path]:
         """Write ``report.md`` and ``report.html`` into ``folder`` atomically."""
         folder = Path(folder)
-        md = atomic_write_text(folder / "report.md", self.to_markdown(folder))
-        page = atomic_write_text(folder / "report.html", self.to_html())
-        return Path(md), Path(page)
+        md = write_text_atomic(folder / "report.md", self.to_markdown(folder))
+        page = write_text_atomic(folder / "report.html", self.to_html())
+        return md, page
 
 
 def _inline(text: str) -> str:

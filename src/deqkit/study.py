@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import analysis
+from ._io import new_figure, save_figure, write_json_atomic, write_text_atomic
+from ._validate import integer, real
 from .solvers import solve
 from .train._data import Data
-from .utils import atomic_write_text
 
 __all__ = ["SweepResult", "compare_solvers", "contraction", "examine", "sweep"]
 
@@ -131,8 +131,8 @@ def sweep(
             for b, a, r in zip(c.iterations, c.metric, c.residual, strict=True):
                 writer.writerow([d, int(b), float(a), float(r)])
         result.files = [
-            Path(atomic_write_text(out / "sweep.csv", buf.getvalue())),
-            Path(atomic_write_text(out / "sweep.json", json.dumps(result.to_dict(), indent=2))),
+            write_text_atomic(out / "sweep.csv", buf.getvalue()),
+            write_json_atomic(out / "sweep.json", result.to_dict()),
             analysis.plot_compute_curves(
                 {
                     f"{'length' if config.task == 'prefix_sums' else 'size'} {d}": c
@@ -476,16 +476,11 @@ def examine(
     """
     if not hasattr(model, "cell") or getattr(model, "deq", None) is None:
         raise TypeError(f"examine needs an equilibrium model, got {type(model).__name__}")
-    for name, value in (
-        ("n", n),
-        ("max_iter", max_iter),
-        ("readout_iters", readout_iters),
-        ("batch_size", batch_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    n = integer("n", n, 1)
+    max_iter = integer("max_iter", max_iter, 1)
+    readout_iters = integer("readout_iters", readout_iters, 1)
+    batch_size = integer("batch_size", batch_size, 1)
+    tol = real("tol", tol, 0.0, low_open=True)
     method = method or model.deq.settings.solver
     data = Data(config)
     diffs = _difficulties(config, difficulties)
@@ -536,10 +531,9 @@ def examine(
         writer.writerow(EXAMPLE_COLUMNS)
         writer.writerows(rows)
         files = [
-            atomic_write_text(out / "examples.csv", buf.getvalue()),
-            atomic_write_text(
-                out / "examine.json",
-                json.dumps({k: v for k, v in result.items() if k != "files"}, indent=2),
+            write_text_atomic(out / "examples.csv", buf.getvalue()),
+            write_json_atomic(
+                out / "examine.json", {k: v for k, v in result.items() if k != "files"}
             ),
             _plot_readout(curves_by_d, out / "readout.png"),
         ]
@@ -562,14 +556,8 @@ def _scalar(v: Tensor) -> float | int | bool:
 
 
 def _plot_readout(curves_by_d: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .utils import save_figure
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = new_figure(figsize=(6.5, 4))  # no pyplot: no global state, no backend switch
+    ax = fig.subplots()
     for d, c in curves_by_d.items():
         for name, style in (("solver", "-"), ("picard", ":")):
             acc = c[name].eq(1).double().mean(dim=1)
@@ -580,4 +568,4 @@ def _plot_readout(curves_by_d: dict, path: Path) -> Path:
     ax.set_title("readout at every iterate: solver (solid), plain iteration (dotted)")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    return Path(save_figure(fig, path))
+    return save_figure(fig, path)

@@ -1,14 +1,20 @@
-"""Small shared helpers: atomic file writes, a command-line parser that errs in one line."""
+"""Small shared helpers: a command-line parser that errs in one line, and file writers.
+
+The writers are thin wrappers kept for scripts that import them from here; the
+implementation (temporary file, flush, ``fsync``, rename, ``fsync`` of the folder) is
+:mod:`deqkit._io`, which deqkit itself uses.
+"""
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import tempfile
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from . import _io
 
 __all__ = [
     "OneLineArgumentParser",
@@ -26,51 +32,34 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"deqkit: error: {message} (see {self.prog} --help)\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Write through ``write(fh)`` to a temporary file in ``path``'s folder, fsync, rename.
+    """Write through ``write(fh)`` to ``path`` atomically (:func:`deqkit._io.write_atomic`).
 
     A reader never sees a half-written file, and a crash or Ctrl-C mid-write leaves the
-    previous file intact (``os.replace`` is atomic within one file system). The file gets
-    the usual permissions (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``.
-    The folder is created if missing. Returns the path.
+    previous file intact. The folder is created if missing. Returns the path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _io.write_atomic(path, write)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """:func:`atomic_write` of ``data``; returns the path as a string."""
-    return str(atomic_write(path, lambda fh: fh.write(data)))
+    return str(_io.write_bytes_atomic(path, data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> str:
     """:func:`atomic_write` of UTF-8 ``text``; returns the path as a string."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return str(_io.write_text_atomic(path, text))
 
 
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> str:
-    """Save a matplotlib figure as PNG atomically and close it. Returns the path."""
-    import matplotlib.pyplot as plt
+    """Save a matplotlib figure as PNG atomically and close it. Returns the path.
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=kwargs.pop("dpi", 120), **kwargs)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    A figure made by pyplot (``plt.subplots()``) is closed in pyplot afterwards, as this
+    function always did; a :class:`matplotlib.figure.Figure` made directly (the way deqkit
+    draws, :func:`deqkit._io.new_figure`) has nothing to close, and pyplot is not imported.
+    """
+    out = _io.save_figure(fig, path, **kwargs)
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:  # only a figure pyplot manages can be open there
+        plt.close(fig)
+    return str(out)

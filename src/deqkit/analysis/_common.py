@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -14,18 +13,6 @@ from ..solvers import Anderson, Broyden, Picard, Solver, SolveResult
 # Solvers whose every step costs exactly one evaluation of f per active sample, so that row t
 # of a recorded solve is what a budget of t + 1 evaluations reaches.
 ONE_EVALUATION_PER_STEP = (Picard, Anderson, Broyden)
-
-
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def check_callable(name: str, value: object) -> None:

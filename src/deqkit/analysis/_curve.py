@@ -10,13 +10,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._validate import choice, integer, invalid, real
 from ..nn._state import Packer
 from ..solvers import Solver, resolve, solve
 from ..solvers._loop import check_budget, run
 from ._common import (
     check_callable,
-    check_int,
-    check_positive,
     one_evaluation_per_step,
     row_residuals,
 )
@@ -167,10 +166,9 @@ def compute_curve(
         )
     metric = exact_argmax if metric is None else metric
     check_callable("metric", metric)
-    check_positive("tol", tol)
-    check_int("batch_size", batch_size, 1)
-    if pick not in PICKS:
-        raise ValueError(f"pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    real("tol", tol, 0.0, low_open=True)
+    integer("batch_size", batch_size, 1)
+    choice("pick", pick, PICKS)
     settings = getattr(getattr(model, "deq", None), "settings", None)
     if method is None:
         if settings is None:
@@ -212,19 +210,13 @@ def compute_curve(
 
 
 def _check_iterations(iterations: Sequence[int]) -> list[int]:
-    if isinstance(iterations, (str, bytes)) or not isinstance(iterations, Sequence):
-        raise ValueError(
-            f"iterations must be a non-empty sequence of integers >= 1, got {iterations!r}"
-        )
-    if len(iterations) == 0:
-        raise ValueError("iterations must be a non-empty sequence of integers >= 1, got []")
-    for b in iterations:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ValueError(
-                f"iterations must hold integers >= 1 (evaluation budgets), got {b!r} in "
-                f"{list(iterations)!r}"
-            )
-    return sorted(set(iterations))
+    if (
+        isinstance(iterations, (str, bytes))
+        or not isinstance(iterations, Sequence)
+        or len(iterations) == 0
+    ):
+        raise invalid("iterations", iterations, "a non-empty sequence of integers >= 1")
+    return sorted({integer("iterations entry (an evaluation budget)", b, 1) for b in iterations})
 
 
 def _batch(model, x, y, budgets, metric, solver, tol, stop, pick, one_pass):

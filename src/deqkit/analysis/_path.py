@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._validate import integer, invalid
 from ..nn._state import Packer, State
 from ..solvers import Solver, SolveResult, resolve, solve
-from ._common import check_callable, check_int, flat_map, random_like
+from ._common import check_callable, flat_map, random_like
 
 __all__ = ["PathIndependence", "path_independence"]
 
@@ -106,14 +107,15 @@ def path_independence(
     labels, inits = [], []
     if isinstance(starts, str):
         if starts not in STARTS:
-            raise ValueError(f"starts must be one of {', '.join(STARTS)} or states, got {starts!r}")
+            options = ", ".join(map(repr, STARTS))
+            raise invalid("starts", starts, f"one of {options} or a sequence of states")
         if starts == "shifted" and B < 2:
             raise ValueError("starts='shifted' needs a batch of at least 2 samples")
         if starts in ("shifted", "mixed") and B >= 2:
             labels.append("shifted")
             inits.append(torch.roll(z_star, shifts=-1, dims=0))
         if starts in ("random", "mixed"):
-            check_int("n_random", n_random, 1)
+            integer("n_random", n_random, 1)
             target = torch.linalg.vector_norm(z_star, dim=1, keepdim=True)
             target = torch.where(target > 0, target, float(z_star.shape[1]) ** 0.5)
             for i in range(n_random):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._io import new_figure, save_figure
+from .._validate import integer, invalid
 from ..solvers import SolveResult
 from ._curve import CurveResult
 from ._spectral import SpectralEstimate
@@ -52,7 +53,7 @@ def plot_residuals(
     path = _check_path(path)
     _check_mapping("traces", traces)
     if band is not None and not (0.0 <= band[0] <= band[1] <= 1.0):
-        raise ValueError(f"band must be two quantiles 0 <= lo <= hi <= 1, got {band!r}")
+        raise invalid("band", band, "two quantiles 0 <= lo <= hi <= 1, or None")
     fig, ax = _figure()
     for label, trace in traces.items():
         tr = _as_trace(label, trace)
@@ -149,8 +150,7 @@ def plot_spectral_histogram(
     """
     path = _check_path(path)
     _check_mapping("values", values)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    bins = integer("bins", bins, 1)
     data = {}
     for label, v in values.items():
         v = v.value if isinstance(v, SpectralEstimate) else v
@@ -205,20 +205,10 @@ def _floor(y: np.ndarray) -> np.ndarray:
 
 
 def _figure(panels: int = 1):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    fig = Figure(figsize=(6.4 * panels, 4.4), layout="constrained")
+    fig = new_figure(figsize=(6.4 * panels, 4.4), layout="constrained")  # no pyplot
     axes = fig.subplots(1, panels)
     return fig, axes
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=120)

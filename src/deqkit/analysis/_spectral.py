@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._validate import integer, real
 from ..nn._state import Packer, State
 from ..solvers._core import jvp
-from ._common import check_callable, check_int, check_positive, flat_map, random_like
+from ._common import check_callable, flat_map, random_like
 
 __all__ = ["SpectralEstimate", "spectral_norm", "spectral_radius"]
 
@@ -171,9 +172,9 @@ def spectral_norm(
 
 def _setup(f, z, krylov_dim, restarts, tol):
     check_callable("f", f)
-    check_int("krylov_dim", krylov_dim, 1)
-    check_int("restarts", restarts, 0)
-    check_positive("tol", tol)
+    integer("krylov_dim", krylov_dim, 1)
+    integer("restarts", restarts, 0)
+    real("tol", tol, 0.0, low_open=True)
     packer = Packer.of(z, "z")
     flat = packer.pack(z, "z").detach()
     if not flat.is_floating_point():

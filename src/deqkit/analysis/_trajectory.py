@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validate import integer, real
 from ..nn._state import Packer, State
 from ..solvers import Solver, SolveResult, resolve, solve
 from ._common import (
     check_callable,
-    check_int,
     flat_map,
     flatten_rows,
     one_evaluation_per_step,
@@ -118,7 +118,7 @@ def trajectory(
         TypeError: ``f`` not callable, unknown option.
     """
     check_callable("f", f)
-    check_int("every", every, 1)
+    integer("every", every, 1)
     solver = resolve(method, options)
     packer = Packer.of(z0, "z0")
     if packer.is_tuple:
@@ -218,11 +218,9 @@ def limit_cycle(
             ``[T, B, ...]``.
         TypeError: ``iterates`` of another type.
     """
-    check_int("max_period", max_period, 1)
-    check_int("repeats", repeats, 1)
-    for name, value in (("tol", tol), ("atol", atol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    integer("max_period", max_period, 1)
+    integer("repeats", repeats, 1)
+    tol, atol = real("tol", tol, 0.0), real("atol", atol, 0.0)
     if isinstance(iterates, Trajectory):
         iterates = iterates.iterates
     flat = flatten_rows(iterates)

@@ -8,7 +8,6 @@ storage an operator creates is counted until it is freed. On CUDA the allocator'
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 import weakref
@@ -20,8 +19,9 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
+from .._io import new_figure, save_figure, write_json_atomic
+from .._validate import integer, invalid
 from ..nn import DEQ, Implicit
-from ..utils import atomic_write_text, save_figure
 
 __all__ = [
     "MemoryConfig",
@@ -109,11 +109,12 @@ class MemoryConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.iterations or any(int(k) < 1 for k in self.iterations):
-            raise ValueError(f"iterations must be positive integers, got {self.iterations!r}")
+        if isinstance(self.iterations, str | bytes) or not self.iterations:
+            raise invalid("iterations", self.iterations, "a non-empty sequence of integers >= 1")
+        for k in self.iterations:
+            integer("iterations entry", k, 1)
         for name in ("width", "batch", "repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            integer(name, getattr(self, name), 1)
 
 
 @dataclass
@@ -294,12 +295,8 @@ def _linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]
 
 def plot_memory(rows: Sequence[MemoryRow], path) -> str:
     """Peak memory (MiB) against forward iterations, one line per method; PNG, atomic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))  # no pyplot: no global state, no backend switch
+    axes = fig.subplots(1, 2)
     for m in dict.fromkeys(r.method for r in rows):
         mine = sorted((r for r in rows if r.method == m), key=lambda r: r.iterations)
         its = [r.iterations for r in mine]
@@ -323,9 +320,9 @@ def plot_memory(rows: Sequence[MemoryRow], path) -> str:
         ax.set_xticks([], minor=True)
     axes[0].legend()
     fig.tight_layout()
-    return save_figure(fig, path)
+    return str(save_figure(fig, path))
 
 
 def rows_to_json(rows: Sequence[MemoryRow], path) -> str:
     """Write rows as JSON, atomically. Returns the path."""
-    return atomic_write_text(path, json.dumps([asdict(r) for r in rows], indent=2))
+    return str(write_json_atomic(path, [asdict(r) for r in rows]))

@@ -36,8 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
-import io
-import json
 import math
 import os
 import platform
@@ -52,8 +50,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._io import new_figure, save_figure, write_json_atomic, write_text_atomic
+from .._validate import integer, invalid, real
 from ..solvers import available, solve
-from ..utils import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "BenchConfig",
@@ -121,22 +120,18 @@ class ProblemSpec:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             raise ValueError(f"Invalid name: {self.name!r} (expected a non-empty string, no '/')")
-        for arg in ("width", "batch"):
-            value = getattr(self, arg)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Invalid {arg}: {value!r} (expected an integer >= 1)")
+        integer("width", self.width, 1)
+        integer("batch", self.batch, 1)
         if (self.norm is None) == (self.radius is None):
             raise ValueError(
                 f"Set exactly one of norm and radius, got norm={self.norm!r}, "
                 f"radius={self.radius!r}"
             )
         scale = self.norm if self.norm is not None else self.radius
-        if not (0.0 < scale < math.inf):
-            raise ValueError(f"Invalid norm/radius: {scale!r} (expected a positive number)")
+        real("norm" if self.norm is not None else "radius", scale, 0.0, low_open=True)
         if len(self.gain) != 2 or not all(0.0 < g < math.inf for g in self.gain):
-            raise ValueError(f"Invalid gain: {self.gain!r} (expected (lo, hi), both > 0)")
-        if not (0.0 <= self.inject < math.inf):
-            raise ValueError(f"Invalid inject: {self.inject!r} (expected >= 0)")
+            raise invalid("gain", self.gain, "(lo, hi), both finite and > 0")
+        real("inject", self.inject, 0.0)
 
     def describe(self) -> str:
         """One line: what the problem is."""
@@ -291,16 +286,9 @@ class BenchConfig:
         names = [p.name for p in self.problems]
         if len(set(names)) != len(names):
             raise ValueError(f"Invalid problems: duplicate names in {names}")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise ValueError(f"Invalid repeats: {self.repeats!r} (expected an integer >= 1)")
-        if (
-            isinstance(self.max_iter, bool)
-            or not isinstance(self.max_iter, int)
-            or self.max_iter < 2
-        ):
-            raise ValueError(f"Invalid max_iter: {self.max_iter!r} (expected an integer >= 2)")
-        if not (0.0 < self.tol < math.inf):
-            raise ValueError(f"Invalid tol: {self.tol!r} (expected a positive number)")
+        integer("repeats", self.repeats, 1)
+        integer("max_iter", self.max_iter, 2)
+        real("tol", self.tol, 0.0, low_open=True)
         unknown = [m for m in self.ours if m not in available()]
         if unknown or not self.ours:
             raise ValueError(
@@ -311,12 +299,7 @@ class BenchConfig:
             raise ValueError(
                 f"Invalid theirs: {self.theirs!r} (valid: {', '.join(TORCHDEQ_SOLVERS)})"
             )
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
-            raise ValueError(
-                f"Invalid threads: {self.threads!r} (expected None or an integer >= 1)"
-            )
+        integer("threads", self.threads, 1, optional=True)
         try:
             torch.device(self.device)
         except RuntimeError as err:
@@ -779,9 +762,9 @@ def plot_convergence(
     Each line is the median over samples of the residual at each iteration, with the 10-90 %
     band across samples shaded; the y axis is logarithmic. NaN entries (samples that had
     stopped, as in :attr:`deqkit.SolveResult.trace`) are left out of the statistics; values
-    below ``1e-16`` are drawn at ``1e-16``. Uses matplotlib's Agg canvas directly (no pyplot,
-    no global backend change); the PNG is written atomically (a temporary file in the same
-    folder renamed over ``path``, by :func:`deqkit.utils.atomic_write_bytes`).
+    below ``1e-16`` are drawn at ``1e-16``. Draws on a matplotlib ``Figure`` made directly
+    (no pyplot, no global backend change); the PNG is written atomically (a temporary file
+    in the same folder renamed over ``path``, by :func:`deqkit._io.save_figure`).
 
     Args:
         traces: Label -> ``[steps, B]`` (or ``[steps]``) residuals, e.g.
@@ -798,13 +781,9 @@ def plot_convergence(
     Raises:
         ValueError: ``traces`` is empty or a trace is not 1-D or 2-D.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not traces:
         raise ValueError("Invalid traces: empty (expected at least one label -> tensor)")
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.add_subplot()
     probs = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     for label, trace in traces.items():
@@ -833,9 +812,7 @@ def plot_convergence(
         ax.set_title(title, fontsize="medium")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return Path(atomic_write_bytes(path, buf.getvalue()))
+    return save_figure(fig, path, dpi=120)
 
 
 def _environment(config: BenchConfig) -> dict[str, Any]:
@@ -934,6 +911,6 @@ def write_report(
         "rows": [r.to_dict() for r in rows],
         "targets": list(targets),
     }
-    atomic_write_text(md_path, "\n".join(md))
-    atomic_write_text(json_path, json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(md_path, "\n".join(md))
+    write_json_atomic(json_path, payload, indent=1)
     return [md_path, json_path, *pngs]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._validate import integer, invalid
 from ..nn import DEQ, DEQInfo, apply_spectral_norm
 
 __all__ = ["DEQ_SETTINGS", "EquilibriumModel", "ExplicitModel", "State"]
@@ -24,32 +24,11 @@ DEQ_SETTINGS: tuple[str, ...] = tuple(
 """Names a model accepts as DEQ settings (``solver``, ``tol``, ``max_iter``, ...)."""
 
 
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` if it is an integer ``>= minimum``, else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: Any) -> float:
-    """``value`` as a float if it is a finite number > 0, else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
-    """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
 def check_groups(groups: int, channels: int, name: str = "groups") -> int:
     """GroupNorm group count that divides ``channels``."""
-    check_int(name, groups)
+    groups = integer(name, groups, 1)
     if channels % groups:
-        raise ValueError(f"{name}={groups} must divide the channel count {channels}")
+        raise invalid(name, groups, f"a divisor of the channel count {channels}")
     return groups
 
 
@@ -201,7 +180,7 @@ class EquilibriumModel(nn.Module):
         Raises:
             ValueError: ``iterations`` not an integer >= 1.
         """
-        check_int("iterations", iterations)
+        integer("iterations", iterations, 1)
         outs = []
         with self._frozen(), parametrize.cached():
             u = self.inject(x)
@@ -221,7 +200,7 @@ class EquilibriumModel(nn.Module):
         Raises:
             ValueError: ``iterations`` not an integer >= 0.
         """
-        check_int("iterations", iterations, 0)
+        integer("iterations", iterations, 0)
         with self._frozen(), parametrize.cached():
             u = self.inject(x)
             z = self.cell.initial_state(u) if z0 is None else z0

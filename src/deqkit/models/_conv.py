@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validate import integer, real
 from ._base import (
     EquilibriumModel,
     ExplicitModel,
     State,
     check_groups,
-    check_int,
-    check_positive,
     spectral_normalise,
     zeros_state,
 )
@@ -43,7 +42,7 @@ def _check_channels(channels: Sequence[int], groups: int) -> tuple[int, ...]:
             f"channels must hold one or two resolutions' widths, got {len(channels)}: {channels}"
         )
     for c in channels:
-        check_int("channels entries", c)
+        integer("channels entries", c, 1)
         check_groups(groups, c)
     return channels
 
@@ -127,7 +126,7 @@ class MultiscaleCell(nn.Module):
     ):
         super().__init__()
         channels = _check_channels(channels, groups)
-        check_positive("init_scale", init_scale)
+        real("init_scale", init_scale, 0.0, low_open=True)
         self.branches = nn.ModuleList(_Branch(c, groups) for c in channels)
         if len(channels) == 2:
             c0, c1 = channels
@@ -165,8 +164,8 @@ class PoolHead(nn.Module):
 
 
 def _parts_of(in_channels: int, num_classes: int, channels: Sequence[int], groups: int):
-    check_int("in_channels", in_channels)
-    check_int("num_classes", num_classes)
+    integer("in_channels", in_channels, 1)
+    integer("num_classes", num_classes, 1)
     channels = _check_channels(channels, groups)
     return channels, MultiscaleInjection(in_channels, channels), PoolHead(channels, num_classes)
 
@@ -261,6 +260,6 @@ class ExplicitConv(ExplicitModel):
         groups: int = 4,
         depth: int = 4,
     ):
-        check_int("depth", depth)
+        integer("depth", depth, 1)
         channels, injection, head = _parts_of(in_channels, num_classes, channels, groups)
         super().__init__(injection, [MultiscaleCell(channels, groups) for _ in range(depth)], head)

@@ -7,13 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._validate import choice, integer, real
 from ._base import (
     EquilibriumModel,
     ExplicitModel,
-    check_choice,
     check_groups,
-    check_int,
-    check_positive,
     spectral_normalise,
 )
 
@@ -33,8 +31,8 @@ class DenseInjection(nn.Module):
 
     def __init__(self, in_features: int, hidden: int):
         super().__init__()
-        check_int("in_features", in_features)
-        check_int("hidden", hidden)
+        integer("in_features", in_features, 1)
+        integer("hidden", hidden, 1)
         self.in_features = in_features
         self.linear = nn.Linear(in_features, hidden)
 
@@ -79,10 +77,10 @@ class MLPCell(nn.Module):
         init_scale: float = 0.5,
     ):
         super().__init__()
-        check_int("hidden", hidden)
-        check_choice("norm", norm, NORMS)
-        check_choice("activation", activation, tuple(ACTIVATIONS))
-        check_positive("init_scale", init_scale)
+        integer("hidden", hidden, 1)
+        choice("norm", norm, NORMS)
+        choice("activation", activation, tuple(ACTIVATIONS))
+        real("init_scale", init_scale, 0.0, low_open=True)
         self.linear = nn.Linear(hidden, hidden, bias=False)
         with torch.no_grad():
             self.linear.weight.mul_(init_scale)
@@ -103,7 +101,7 @@ class MLPCell(nn.Module):
 
 
 def _head(hidden: int, num_classes: int) -> nn.Linear:
-    check_int("num_classes", num_classes)
+    integer("num_classes", num_classes, 1)
     return nn.Linear(hidden, num_classes)
 
 
@@ -148,7 +146,7 @@ class DEQMLP(EquilibriumModel):
         deq_kwargs: dict[str, Any] | None = None,
         **deq_settings: Any,
     ):
-        check_int("in_features", in_features)
+        integer("in_features", in_features, 1)
         cell = MLPCell(hidden, norm=norm, groups=groups, activation=activation)
         if spectral_norm:
             spectral_normalise(cell)
@@ -204,8 +202,8 @@ class ExplicitMLP(ExplicitModel):
         groups: int = 8,
         activation: str = "relu",
     ):
-        check_int("in_features", in_features)
-        check_int("depth", depth)
+        integer("in_features", in_features, 1)
+        integer("depth", depth, 1)
         layers = [
             MLPCell(hidden, norm=norm, groups=groups, activation=activation) for _ in range(depth)
         ]

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._base import EquilibriumModel, check_int, check_positive
+from .._validate import integer, real
+from ._base import EquilibriumModel
 from ._mlp import DenseInjection, _head
 
 __all__ = ["MonotoneCell", "MonotoneMLP"]
@@ -52,10 +53,9 @@ class MonotoneCell(nn.Module):
 
     def __init__(self, hidden: int, *, m: float = 0.5, damping: float = 1.0):
         super().__init__()
-        check_int("hidden", hidden)
-        check_positive("m", m)
-        if isinstance(damping, bool) or not (isinstance(damping, int | float) and 0 < damping < 2):
-            raise ValueError(f"damping must be in (0, 2), got {damping!r}")
+        integer("hidden", hidden, 1)
+        real("m", m, 0.0, low_open=True)
+        damping = real("damping", damping, 0.0, 2.0, low_open=True, high_open=True)
         self.hidden = hidden
         self.m = float(m)
         self.damping = float(damping)
@@ -156,7 +156,7 @@ class MonotoneMLP(EquilibriumModel):
         deq_kwargs: dict[str, Any] | None = None,
         **deq_settings: Any,
     ):
-        check_int("in_features", in_features)
+        integer("in_features", in_features, 1)
         super().__init__(
             DenseInjection(in_features, hidden),
             MonotoneCell(hidden, m=m, damping=damping),

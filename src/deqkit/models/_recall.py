@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validate import choice, flag, integer, real
 from ._base import (
     EquilibriumModel,
     State,
-    check_choice,
     check_groups,
-    check_int,
     spectral_normalise,
 )
 
@@ -190,17 +189,17 @@ class RecallNet(EquilibriumModel):
         deq_kwargs: dict[str, Any] | None = None,
         **deq_settings: Any,
     ):
-        check_choice("dim", dim, (1, 2))
-        check_int("in_channels", in_channels)
-        check_int("width", width)
-        check_int("num_blocks", num_blocks)
-        check_int("out_channels", out_channels)
-        check_choice("recall", recall, (True, False))
+        choice("dim", dim, (1, 2))
+        integer("in_channels", in_channels, 1)
+        integer("width", width, 1)
+        integer("num_blocks", num_blocks, 1)
+        integer("out_channels", out_channels, 1)
+        flag("recall", recall)
         if norm_groups is not None:
             check_groups(norm_groups, width, "norm_groups")
         head_channels = tuple(head_channels)
         for c in head_channels:
-            check_int("head_channels entries", c)
+            integer("head_channels entries", c, 1)
         cell = RecallCell(dim, width, num_blocks, recall=recall, norm_groups=norm_groups)
         if spectral_norm:
             spectral_normalise(cell)
@@ -288,9 +287,8 @@ def progressive_loss(
     Raises:
         ValueError: ``max_iters`` or ``alpha`` out of range.
     """
-    check_int("max_iters", max_iters)
-    if isinstance(alpha, bool) or not (isinstance(alpha, int | float) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    integer("max_iters", max_iters, 1)
+    alpha = real("alpha", alpha, 0.0, 1.0)
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     terms: list[Tensor] = []
     if alpha < 1.0:

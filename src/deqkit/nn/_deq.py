@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._validate import assign, integer
 from ..solvers import Solver, SolveResult, resolve
 from ..solvers._loop import check_budget, run, solve
 from ._gradients import Gradient, make_gradient
@@ -43,7 +44,9 @@ class _Settings:
     correction: int = 0
 
     def __post_init__(self):
-        check_budget(self.tol, self.stop, self.max_iter)
+        tol, stop, max_iter = check_budget(self.tol, self.stop, self.max_iter)
+        assign(self, tol=tol, stop=stop, max_iter=max_iter)
+        assign(self, correction=integer("correction", self.correction, 0))
         set_ = object.__setattr__
         set_(self, "solver_obj", resolve(self.solver, self.solver_options))
         gradient = make_gradient(
@@ -63,10 +66,6 @@ class _Settings:
                 f"anderson, broyden); {self.solver_obj.name!r} is not one"
             )
         set_(self, "bound", bound)
-        if isinstance(self.correction, bool) or not isinstance(self.correction, int):
-            raise ValueError(f"correction must be an integer >= 0, got {self.correction!r}")
-        if self.correction < 0:
-            raise ValueError(f"correction must be an integer >= 0, got {self.correction!r}")
 
 
 SETTINGS = tuple(f.name for f in dataclasses.fields(_Settings))

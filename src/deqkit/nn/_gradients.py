@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._validate import assign, integer, real
 from ..solvers import Solver, SolveResult, resolve
 from ..solvers._loop import check_budget, solve
 
@@ -96,12 +97,11 @@ class Phantom(Gradient):
     name: ClassVar[str] = "phantom"
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"Phantom k must be an integer >= 1, got {self.k!r}")
-        tau = self.tau
-        if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0.0 < tau <= 1.0:
-            raise ValueError(f"Phantom tau must be in (0, 1], got {tau!r}")
-        object.__setattr__(self, "tau", float(tau))
+        assign(
+            self,
+            k=integer("k", self.k, 1, of="Phantom"),
+            tau=real("tau", self.tau, 0.0, 1.0, low_open=True, of="Phantom"),
+        )
 
     def attach(
         self, fx: Callable[[Tensor], Tensor], forward: SolveResult, bound: Any, info: Any
@@ -184,7 +184,9 @@ class Implicit(Gradient):
         **options: Hyperparameters of the adjoint solver (``m=8``, ...).
 
     Raises:
-        ValueError / TypeError: bad tolerance, budget, solver, option or fallback.
+        ValueError: a bad tolerance or budget (``Invalid max_iter for Implicit: ...``), an
+            unknown solver name.
+        TypeError: an unknown solver option, a fallback that is not a :class:`Phantom`.
     """
 
     solver: str | Solver | None
@@ -203,8 +205,8 @@ class Implicit(Gradient):
         fallback: Phantom | None = None,
         **options: Any,
     ):
-        if tol is not None or max_iter is not None:
-            check_budget(1.0 if tol is None else tol, "rel", 1 if max_iter is None else max_iter)
+        tol = real("tol", tol, 0.0, low_open=True, optional=True, of="Implicit")
+        max_iter = integer("max_iter", max_iter, 1, optional=True, of="Implicit")
         if solver is not None:
             resolve(solver, options)
         if fallback is not None and not isinstance(fallback, Phantom):
@@ -213,7 +215,7 @@ class Implicit(Gradient):
             )
         set_ = object.__setattr__
         set_(self, "solver", solver)
-        set_(self, "tol", None if tol is None else float(tol))
+        set_(self, "tol", tol)
         set_(self, "max_iter", max_iter)
         set_(self, "fallback", fallback)
         set_(self, "options", dict(options))

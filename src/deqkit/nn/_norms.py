@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from .._validate import integer
+
 __all__ = ["apply_spectral_norm", "apply_weight_norm"]
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -46,8 +48,7 @@ def apply_spectral_norm(
     Returns:
         ``module`` itself.
     """
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+    warmup = integer("warmup", warmup, 0)
     layers = _targets(module, types)
     for m in layers:
         parametrizations.spectral_norm(m, n_power_iterations=n_power_iterations)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._validate import assign, choice, flag, integer, real
 from ._gradients import Gradient, Unrolled, make_gradient
 from ._norms import apply_weight_norm
 from ._regularizers import jacobian_frobenius, mixed_init
@@ -17,22 +18,6 @@ from ._state import State
 __all__ = ["INITS", "Recipe", "StepPlan"]
 
 INITS = ("zeros", "random", "mixed")
-
-
-def _int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Recipe {name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"Recipe {name} must be >= {minimum}, got {value}")
-
-
-def _real(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"Recipe {name} must be a number, got {value!r}")
-    if not (low < value if low_open else low <= value) or not value <= high:
-        lo = "(" if low_open else "["
-        raise ValueError(f"Recipe {name} must be in {lo}{low}, {high}], got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -63,7 +48,7 @@ class Recipe:
       implicit gradient).
     * **Jacobian regularisation** (Bai, Koltun & Kolter 2021): add
       ``jac_weight * mean(||J||_F^2 / n)`` (Hutchinson, ``jac_samples`` probes) on every
-      ``jac_every``-th step before step ``jac_stop``.
+      ``jac_every``-th step from step ``jac_start`` on, before step ``jac_stop``.
     * **Fixed-point correction** (Bai et al. 2022): ``correction`` intermediate iterates of
       the forward solve are read out too, with loss weights
       :math:`\gamma^{n + 1 - i}`, ``i = 1..n`` (later iterates weigh more; the fixed point
@@ -81,12 +66,14 @@ class Recipe:
 
     Args: the fields above. Defaults: ``pretrain_steps=0``, ``pretrain_iters=10``,
     ``pretrain_solver="picard"``, ``pretrain_gradient=Unrolled()``, ``jac_weight=0``,
-    ``jac_every=1``, ``jac_stop=None`` (never), ``jac_samples=1``, ``correction=0``,
+    ``jac_every=1``, ``jac_start=0``, ``jac_stop=None`` (never), ``jac_samples=1``, ``correction=0``,
     ``correction_gamma=0.8`` (torchdeq's), ``init="zeros"``, ``init_p=0.5``,
     ``init_scale=1.0``, ``max_iter_jitter=0``, ``weight_norm=False``.
 
     Raises:
-        ValueError / TypeError: a field out of range, naming it.
+        ValueError: a field of the wrong kind or out of range, naming it
+            (``Invalid jac_every: 0 (expected an integer >= 1)``).
+        TypeError: ``pretrain_solver`` not a name; ``pretrain_gradient`` not a gradient.
     """
 
     pretrain_steps: int = 0
@@ -95,6 +82,7 @@ class Recipe:
     pretrain_gradient: Gradient | str | dict = field(default_factory=Unrolled)
     jac_weight: float = 0.0
     jac_every: int = 1
+    jac_start: int = 0
     jac_stop: int | None = None
     jac_samples: int = 1
     correction: int = 0
@@ -106,29 +94,28 @@ class Recipe:
     weight_norm: bool = False
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        _int("pretrain_steps", self.pretrain_steps, 0)
-        if self.pretrain_iters is not None:
-            _int("pretrain_iters", self.pretrain_iters, 1)
         if self.pretrain_solver is not None and not isinstance(self.pretrain_solver, str):
             raise TypeError(
                 f"Recipe pretrain_solver must be a name or None, got {self.pretrain_solver!r}"
             )
-        set_(self, "pretrain_gradient", make_gradient(self.pretrain_gradient))
-        set_(self, "jac_weight", _real("jac_weight", self.jac_weight, 0.0, float("inf")))
-        _int("jac_every", self.jac_every, 1)
-        if self.jac_stop is not None:
-            _int("jac_stop", self.jac_stop, 0)
-        _int("jac_samples", self.jac_samples, 1)
-        _int("correction", self.correction, 0)
-        set_(self, "correction_gamma", _real("correction_gamma", self.correction_gamma, 0, 1, True))
-        if self.init not in INITS:
-            raise ValueError(f"Recipe init must be one of {', '.join(INITS)}, got {self.init!r}")
-        set_(self, "init_p", _real("init_p", self.init_p, 0.0, 1.0))
-        set_(self, "init_scale", _real("init_scale", self.init_scale, 0.0, float("inf"), True))
-        _int("max_iter_jitter", self.max_iter_jitter, 0)
-        if not isinstance(self.weight_norm, bool):
-            raise TypeError(f"Recipe weight_norm must be a bool, got {self.weight_norm!r}")
+        assign(
+            self,
+            pretrain_steps=integer("pretrain_steps", self.pretrain_steps, 0),
+            pretrain_iters=integer("pretrain_iters", self.pretrain_iters, 1, optional=True),
+            pretrain_gradient=make_gradient(self.pretrain_gradient),
+            jac_weight=real("jac_weight", self.jac_weight, 0.0),
+            jac_every=integer("jac_every", self.jac_every, 1),
+            jac_start=integer("jac_start", self.jac_start, 0),
+            jac_stop=integer("jac_stop", self.jac_stop, 0, optional=True),
+            jac_samples=integer("jac_samples", self.jac_samples, 1),
+            correction=integer("correction", self.correction, 0),
+            correction_gamma=real("correction_gamma", self.correction_gamma, 0, 1, low_open=True),
+            init=choice("init", self.init, INITS),
+            init_p=real("init_p", self.init_p, 0.0, 1.0),
+            init_scale=real("init_scale", self.init_scale, 0.0, low_open=True),
+            max_iter_jitter=integer("max_iter_jitter", self.max_iter_jitter, 0),
+            weight_norm=flag("weight_norm", self.weight_norm),
+        )
 
     def prepare(self, cell: nn.Module) -> nn.Module:
         """Apply the structural recipes (weight norm) to ``cell`` in place; returns it."""
@@ -160,7 +147,7 @@ class Recipe:
         Returns:
             A :class:`StepPlan`.
         """
-        _int("step", step, 0)
+        step = integer("step", step, 0)
         out = dict(overrides or {})
         pretraining = step < self.pretrain_steps
         if pretraining:
@@ -185,7 +172,8 @@ class Recipe:
             out["correction"] = self.correction
         jac_on = (
             self.jac_weight > 0
-            and step % self.jac_every == 0
+            and step >= self.jac_start
+            and (step - self.jac_start) % self.jac_every == 0
             and (self.jac_stop is None or step < self.jac_stop)
         )
         return StepPlan(self, step, pretraining, out, self.jac_weight if jac_on else 0.0, generator)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._validate import integer, real
 from ._state import Packer, State
 
 __all__ = ["jacobian_frobenius", "mixed_init"]
@@ -45,8 +46,7 @@ def jacobian_frobenius(
     Raises:
         ValueError: ``samples < 1`` or ``f`` returning another shape than ``z``.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    samples = integer("samples", samples, 1)
     packer = Packer.of(z, "z")
     flat = packer.pack(z, "z").detach().requires_grad_()
     with torch.enable_grad():
@@ -90,10 +90,8 @@ def mixed_init(
     Raises:
         ValueError: ``p`` outside ``[0, 1]`` or ``scale <= 0``.
     """
-    if not (0.0 <= p <= 1.0):
-        raise ValueError(f"p must be in [0, 1], got {p!r}")
-    if not (scale > 0.0):
-        raise ValueError(f"scale must be > 0, got {scale!r}")
+    p = real("p", p, 0.0, 1.0)
+    scale = real("scale", scale, 0.0, low_open=True)
     packer = Packer.of(z0, "z0")
     flat = packer.pack(z0, "z0")
     pick = torch.rand(flat.shape[0], generator=generator).to(flat.device) < p

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._validate import assign, integer, real
 from ._core import Evaluator, Point, Solver, put
 
 
@@ -86,16 +87,15 @@ class Anderson(Solver):
     name = "anderson"
 
     def __post_init__(self):
-        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1:
-            raise ValueError(f"Invalid m for anderson: {self.m!r} (expected an integer >= 1)")
-        if not (0.0 < self.beta <= 2.0):
-            raise ValueError(f"Invalid beta for anderson: {self.beta!r} (expected 0 < beta <= 2)")
-        if not (self.lam >= 0.0):
-            raise ValueError(f"Invalid lam for anderson: {self.lam!r} (expected lam >= 0)")
-        if not (self.safeguard > 1.0):
-            raise ValueError(f"Invalid safeguard for anderson: {self.safeguard!r} (expected > 1)")
-        if not (self.max_weight > 0.0):
-            raise ValueError(f"Invalid max_weight for anderson: {self.max_weight!r} (expected > 0)")
+        of = self.name
+        assign(
+            self,
+            m=integer("m", self.m, 1, of=of),
+            beta=real("beta", self.beta, 0.0, 2.0, low_open=True, of=of),
+            lam=real("lam", self.lam, 0.0, of=of),
+            safeguard=real("safeguard", self.safeguard, 1.0, low_open=True, finite=False, of=of),
+            max_weight=real("max_weight", self.max_weight, 0, low_open=True, finite=False, of=of),
+        )
 
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> _History:
         B, n = p.z.shape

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._validate import assign, integer, real
 from ._core import Evaluator, Point, Solver, put, where_active
 
 _DECREASE = 1e-4
@@ -97,12 +98,13 @@ class Broyden(Solver):
     name = "broyden"
 
     def __post_init__(self):
-        for field, lo in (("memory", 1), ("max_backtracks", 0)):
-            v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"Invalid {field} for broyden: {v!r} (expected int >= {lo})")
-        if not (self.safeguard > 1.0):
-            raise ValueError(f"Invalid safeguard for broyden: {self.safeguard!r} (expected > 1)")
+        of = self.name
+        assign(
+            self,
+            memory=integer("memory", self.memory, 1, of=of),
+            safeguard=real("safeguard", self.safeguard, 1.0, low_open=True, finite=False, of=of),
+            max_backtracks=integer("max_backtracks", self.max_backtracks, 0, of=of),
+        )
 
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> _Memory:
         B, n = p.z.shape

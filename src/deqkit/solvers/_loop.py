@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from .._validate import choice, integer, real
 from ._core import Evaluator, Point, Solver, SolveResult, Status, where_active
 
 __all__ = ["available", "register", "resolve", "run", "solve"]
@@ -65,14 +65,16 @@ def resolve(method: str | Solver, options: dict | None = None) -> Solver:
     return dataclasses.replace(base, **options) if options else base
 
 
-def check_budget(tol: float, stop: str, max_iter: int) -> None:
-    """Validate a tolerance, stopping criterion and evaluation budget (``ValueError``)."""
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < math.inf):
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
-    if stop not in ("abs", "rel"):
-        raise ValueError(f"stop must be 'abs' or 'rel', got {stop!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+def check_budget(tol: float, stop: str, max_iter: int) -> tuple[float, str, int]:
+    """Validate a tolerance, stopping criterion and evaluation budget (``ValueError``).
+
+    Returns them normalised (``float``, ``str``, ``int``).
+    """
+    return (
+        real("tol", tol, 0.0, low_open=True),
+        choice("stop", stop, ("abs", "rel")),
+        integer("max_iter", max_iter, 1),
+    )
 
 
 def _check_args(f, z0, tol, stop, max_iter) -> None:

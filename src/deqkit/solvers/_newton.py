@@ -8,6 +8,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from .._validate import assign, choice, integer, real
 from ._core import Evaluator, Point, Solver, where_active
 
 
@@ -51,16 +52,15 @@ class NewtonKrylov(Solver):
     differentiable_steps: ClassVar[bool] = False  # GMRES and line search: no usable graph
 
     def __post_init__(self):
-        for field, lo in (("krylov_dim", 1), ("max_backtracks", 0)):
-            v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"Invalid {field} for newton: {v!r} (expected int >= {lo})")
-        if not (0.0 < self.eta_max < 1.0):
-            raise ValueError(f"Invalid eta_max for newton: {self.eta_max!r} (expected in (0, 1))")
-        if not (0.0 < self.gamma <= 1.0):
-            raise ValueError(f"Invalid gamma for newton: {self.gamma!r} (expected in (0, 1])")
-        if self.jvp not in ("autodiff", "fd"):
-            raise ValueError(f"Invalid jvp for newton: {self.jvp!r} (expected 'autodiff' or 'fd')")
+        of = self.name
+        assign(
+            self,
+            krylov_dim=integer("krylov_dim", self.krylov_dim, 1, of=of),
+            eta_max=real("eta_max", self.eta_max, 0, 1, low_open=True, high_open=True, of=of),
+            gamma=real("gamma", self.gamma, 0.0, 1.0, low_open=True, of=of),
+            max_backtracks=integer("max_backtracks", self.max_backtracks, 0, of=of),
+            jvp=choice("jvp", self.jvp, ("autodiff", "fd"), of=of),
+        )
 
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> _Forcing:
         return _Forcing(torch.full_like(p.gnorm, self.eta_max), p.gnorm.clone())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._validate import assign, real
 from ._core import Evaluator, Point, Solver
 
 
@@ -27,8 +28,7 @@ class Picard(Solver):
     name = "picard"
 
     def __post_init__(self):
-        if not (0.0 < self.beta <= 2.0):
-            raise ValueError(f"Invalid beta for picard: {self.beta!r} (expected 0 < beta <= 2)")
+        assign(self, beta=real("beta", self.beta, 0.0, 2.0, low_open=True, of=self.name))
 
     def step(self, ev: Evaluator, p: Point, active, state):
         return ev.point(ev.propose(active, p.z + self.beta * p.g, p.z)), None, state

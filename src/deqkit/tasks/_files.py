@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validate import choice
 from ._common import ClassificationData, to_data
 
 _IDX_DTYPES = {
@@ -108,8 +109,7 @@ def load_idx_dataset(root: str | Path, *, name: str = "mnist") -> Classification
         ValueError: If ``name`` is unknown or the files are malformed or inconsistent.
         FileNotFoundError: If a file is missing; the message lists every path tried.
     """
-    if name not in _IDX_SETS:
-        raise ValueError(f"Invalid name: {name!r} (expected one of {sorted(_IDX_SETS)})")
+    choice("name", name, sorted(_IDX_SETS))
     subfolder, source = _IDX_SETS[name]
     root = Path(root)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._validate import invalid
 from ._common import ClassificationData
 from ._digits import load_digits_dataset, load_mnist1d, load_mnist_subset
 from ._files import load_cifar10, load_idx_dataset
@@ -56,4 +57,4 @@ def load_dataset(
         if name == "cifar10":
             return load_cifar10(root)
         return load_idx_dataset(root, name=name)
-    raise ValueError(f"Invalid dataset name: {name!r} (expected one of {[*BUILTIN, *LOCAL]})")
+    raise invalid("dataset name", name, f"one of {', '.join(map(repr, (*BUILTIN, *LOCAL)))}")

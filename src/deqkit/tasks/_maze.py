@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import check_int, make_generator
+from .._validate import integer
+from ._common import make_generator
 from ._metrics import exact_match
 
 OPEN, START, GOAL = 0, 1, 2
@@ -112,11 +113,12 @@ def mazes(
         the path), scored by :func:`maze_exact_match`.
 
     Raises:
-        ValueError: If ``n < 1`` or ``k < 2``, or both ``seed`` and ``generator`` are given.
-        TypeError: If ``n``, ``k`` or ``seed`` is not an int.
+        ValueError: If ``n`` is not an integer >= 1, ``k`` not one >= 2 or ``seed`` not one
+            >= 0, or both ``seed`` and ``generator`` are given.
+        TypeError: If ``generator`` is not a ``torch.Generator``.
     """
-    n = check_int("n", n, 1)
-    k = check_int("k", k, 2)
+    n = integer("n", n, 1)
+    k = integer("k", k, 2)
     g = make_generator(seed, generator)
     cells = k * k
     size = 2 * k + 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import check_int, make_generator
+from .._validate import integer
+from ._common import make_generator
 
 
 def prefix_parity(bits: Tensor) -> Tensor:
@@ -69,12 +70,13 @@ def prefix_sums(
         :func:`exact_match` and :func:`bit_accuracy`.
 
     Raises:
-        ValueError: If ``n < 1`` or ``length < 1``, or both ``seed`` and ``generator`` are
-            given, or ``dtype`` is not floating point.
-        TypeError: If ``n``, ``length`` or ``seed`` is not an int.
+        ValueError: If ``n`` or ``length`` is not an integer >= 1 or ``seed`` not one >= 0
+            (``Invalid n: 2.5 (expected an integer >= 1)``), both ``seed`` and
+            ``generator`` are given, or ``dtype`` is not floating point.
+        TypeError: If ``generator`` is not a ``torch.Generator``.
     """
-    n = check_int("n", n, 1)
-    length = check_int("length", length, 1)
+    n = integer("n", n, 1)
+    length = integer("length", length, 1)
     if not dtype.is_floating_point:
         raise ValueError(f"Invalid dtype: {dtype} (expected a floating point dtype)")
     g = make_generator(seed, generator)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._validate import choice, flag, integer, invalid, real
 from ..nn import DEQ, Recipe
 
 __all__ = ["RESUMABLE_FIELDS", "TrainConfig", "load_config"]
@@ -74,6 +74,7 @@ _RECIPE_FIELDS = {
     "jac_penalty": "jac_weight",
     "jac_samples": "jac_samples",
     "jac_every": "jac_every",
+    "jac_start": "jac_start",
     "jac_stop": "jac_stop",
     "pretrain_steps": "pretrain_steps",
     "pretrain_iters": "pretrain_iters",
@@ -106,18 +107,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on; ``train(config)`` is reproducible from it alone.
 
     Build it directly, with :meth:`from_dict`, or from a JSON or TOML file with
     :func:`load_config`. Every field is checked in ``__post_init__``; a bad value raises
-    ``ValueError`` (or ``TypeError``) naming the field. ``dataclasses.replace(config, ...)``
-    re-validates.
+    ``ValueError`` naming the field (``Invalid max_iter: 2.5 (expected an integer >= 1)``),
+    a dict or list field given as something else ``TypeError``.
+    ``dataclasses.replace(config, ...)`` re-validates.
 
     Task:
         task: ``"prefix_sums"`` or ``"mazes"`` (procedural: a fresh batch every step),
@@ -144,9 +142,9 @@ class TrainConfig:
 
     Solver (``mode="deq"``): each setting given here is passed to every call of the model's
     DEQ as an override; ``None`` (the default for all) keeps the model's own setting (e.g.
-    ``monotone_mlp`` solves with picard, 100 evaluations; the others with the
-    :class:`~deqkit.DEQ` defaults: anderson, ``tol=1e-4``, 30 evaluations, implicit
-    gradient).
+    ``monotone_mlp`` solves with picard, 100 evaluations, implicit gradient; the recall
+    networks with ``tol=1e-3``; the others with the :class:`~deqkit.DEQ` defaults: anderson,
+    ``tol=1e-4``, 30 evaluations, ``Phantom(5, 0.5)``).
         mode: ``"deq"`` (solve for the fixed point, implicit/phantom/unrolled gradient) or
             ``"recurrent"`` (a fixed number of weight-tied iterations trained with
             :func:`deqkit.models.progressive_loss`). Default ``"deq"``.
@@ -171,8 +169,9 @@ class TrainConfig:
         jac_penalty: Weight ``gamma`` of the Jacobian penalty
             ``gamma * mean(jacobian_frobenius(f, z*))``; ``0`` (default) turns it off.
         jac_samples: Hutchinson probes per step for the penalty. Default ``1``.
-        jac_every, jac_stop: Apply the penalty every ``jac_every`` steps (default 1),
-            before step ``jac_stop`` (default ``None``: always).
+        jac_every, jac_start, jac_stop: Apply the penalty every ``jac_every`` steps
+            (default 1) from step ``jac_start`` (default 0) on, before step ``jac_stop``
+            (default ``None``: always).
         correction, correction_gamma: Fixed-point correction loss over ``correction``
             intermediate iterates, weights ``correction_gamma ** (n + 1 - i)``.
         init, init_p, init_scale: Training initial states, ``"zeros"`` (default),
@@ -244,6 +243,7 @@ class TrainConfig:
     jac_penalty: float = 0.0
     jac_samples: int = 1
     jac_every: int = 1
+    jac_start: int = 0
     jac_stop: int | None = None
     pretrain_steps: int = 0
     pretrain_iters: int | None = 10
@@ -321,12 +321,12 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
-        _choice("task", self.task, TASKS)
+        choice("task", self.task, TASKS)
         procedural = self.task in PROCEDURAL_TASKS
         if procedural:
-            _opt_int("difficulty", self.difficulty, MIN_DIFFICULTY[self.task])
+            integer("difficulty", self.difficulty, MIN_DIFFICULTY[self.task], optional=True)
             for d in self.eval_difficulties or ():
-                _int(f"eval_difficulties entry for {self.task}", d, MIN_DIFFICULTY[self.task])
+                integer("eval_difficulties entry", d, MIN_DIFFICULTY[self.task], of=self.task)
             if self.eval_difficulties is not None and not self.eval_difficulties:
                 raise ValueError("eval_difficulties must not be empty (None means (difficulty,))")
             if self.epochs is not None:
@@ -345,44 +345,43 @@ class TrainConfig:
             need = "requires" if self.task in LOCAL_DATASETS else "does not take"
             raise ValueError(f"task {self.task!r} {need} data_root (got {self.data_root!r})")
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
-            raise ValueError(f"model must be a non-empty string or None, got {self.model!r}")
-        _choice("dtype", self.dtype, DTYPES)
-        _choice("mode", self.mode, MODES)
+            raise invalid("model", self.model, "a non-empty string or None")
+        choice("dtype", self.dtype, DTYPES)
+        choice("mode", self.mode, MODES)
         self._validate_solver()
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _real("lr", self.lr, low=0.0, low_open=True)
-        _real("weight_decay", self.weight_decay, low=0.0)
-        _real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        real("lr", self.lr, low=0.0, low_open=True)
+        real("weight_decay", self.weight_decay, low=0.0)
+        real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         if self.optimizer != "sgd" and self.momentum != 0.0:
             raise ValueError(f"momentum applies to optimizer='sgd' only, got {self.momentum!r}")
-        _choice("schedule", self.schedule, SCHEDULES)
-        _int("warmup_steps", self.warmup_steps, 0)
+        choice("schedule", self.schedule, SCHEDULES)
+        integer("warmup_steps", self.warmup_steps, 0)
         if self.grad_clip is not None:
-            _real("grad_clip", self.grad_clip, low=0.0, low_open=True)
-        _opt_int("steps", self.steps, 1)
-        _opt_int("epochs", self.epochs, 1)
+            real("grad_clip", self.grad_clip, low=0.0, low_open=True)
+        integer("steps", self.steps, 1, optional=True)
+        integer("epochs", self.epochs, 1, optional=True)
         if self.steps is not None and self.epochs is not None:
             raise ValueError(
                 f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})"
             )
-        _int("batch_size", self.batch_size, 1)
-        _int("augment_shift", self.augment_shift, 0)
+        integer("batch_size", self.batch_size, 1)
+        integer("augment_shift", self.augment_shift, 0)
         if procedural and self.augment_shift:
             raise ValueError(
                 f"augment_shift applies to data sets only; {self.task!r} draws a fresh batch "
                 f"every step (got augment_shift={self.augment_shift})"
             )
-        _int("log_every", self.log_every, 1)
+        integer("log_every", self.log_every, 1)
         for name in ("eval_every", "eval_size", "eval_batch_size", "checkpoint_every"):
-            _opt_int(name, getattr(self, name), 1)
-        _int("seed", self.seed, 0)
+            integer(name, getattr(self, name), 1, optional=True)
+        integer("seed", self.seed, 0)
         if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
-            raise ValueError(f"out_dir must be a non-empty path or None, got {self.out_dir!r}")
-        _choice("device", self.device, DEVICES)
-        _choice("amp", self.amp, AMP)
-        if not isinstance(self.compile, bool):
-            raise TypeError(f"compile must be a bool, got {self.compile!r}")
-        _choice("dist_backend", self.dist_backend, DIST_BACKENDS)
+            raise invalid("out_dir", self.out_dir, "a non-empty path or None")
+        choice("device", self.device, DEVICES)
+        choice("amp", self.amp, AMP)
+        flag("compile", self.compile)
+        choice("dist_backend", self.dist_backend, DIST_BACKENDS)
         if self.compile and self.jac_penalty > 0:
             raise ValueError(
                 "compile=True cannot be combined with jac_penalty > 0: the penalty "
@@ -391,7 +390,12 @@ class TrainConfig:
             )
 
     def _validate_solver(self) -> None:
-        _opt_int("max_iter", self.max_iter, 1)
+        integer("max_iter", self.max_iter, 1, optional=True)
+        # The DEQ checks these too (below); here they are named as the config names them.
+        real("tol", self.tol, 0.0, low_open=True, optional=True)
+        choice("stop", self.stop, ("abs", "rel"), optional=True)
+        real("backward_tol", self.backward_tol, 0.0, low_open=True, optional=True)
+        integer("backward_max_iter", self.backward_max_iter, 1, optional=True)
         defaults = {f.name: f for f in dataclasses.fields(self)}
 
         def default(name: str) -> Any:
@@ -407,14 +411,14 @@ class TrainConfig:
                     f"{', '.join(changed)} apply to mode='deq' only; mode='recurrent' runs "
                     "train_iters weight-tied iterations (max_iter sets the evaluation count)"
                 )
-            _int("train_iters", self.train_iters, 1)
-            _real("progressive_alpha", self.progressive_alpha, low=0.0, high=1.0)
+            integer("train_iters", self.train_iters, 1)
+            real("progressive_alpha", self.progressive_alpha, low=0.0, high=1.0)
             return
         changed = [n for n in _RECURRENT_FIELDS if getattr(self, n) != default(n)]
         if changed:
             raise ValueError(f"{', '.join(changed)} apply to mode='recurrent' only")
-        _real("jac_penalty", self.jac_penalty, low=0.0)
-        _int("jac_samples", self.jac_samples, 1)
+        real("jac_penalty", self.jac_penalty, low=0.0)
+        integer("jac_samples", self.jac_samples, 1)
         try:
             self.recipe()
         except (TypeError, ValueError) as err:
@@ -535,39 +539,3 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def _identity(z, x):
     return z
-
-
-def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"{name} must be one of {', '.join(valid)}; got {value!r}")
-
-
-def _int(name: str, value: Any, minimum: int) -> None:
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _opt_int(name: str, value: Any, minimum: int) -> None:
-    if value is not None:
-        _int(name, value, minimum)
-
-
-def _real(
-    name: str,
-    value: Any,
-    *,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    if not _is_real(value):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if value < low or (low_open and value == low) or value > high or (high_open and value == high):
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils import atomic_write, atomic_write_text
+from .._io import save_torch_atomic, write_text_atomic
 
 __all__ = [
     "CHECKPOINT",
@@ -69,13 +69,8 @@ EVAL_COLUMNS = (
 
 
 def save_atomic(obj: Any, path: Path) -> Path:
-    """``torch.save`` ``obj`` to ``path`` atomically (temporary file, then rename)."""
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (temporary file, then rename)."""
-    return Path(atomic_write_text(path, text))
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`deqkit._io.save_torch_atomic`)."""
+    return save_torch_atomic(obj, path)
 
 
 def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import signal
@@ -22,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .. import __version__
+from .._io import write_json_atomic
 from . import _dist
 from ._config import RESUMABLE_FIELDS, TrainConfig
 from ._data import LOSS_STREAM, STEP_STREAM, Data, mix_seed
@@ -34,7 +34,6 @@ from ._files import (
     read_checkpoint,
     save_atomic,
     set_rng_state,
-    write_text_atomic,
 )
 from ._model import Objective, build, check_amp, evaluate_on, is_equilibrium, model_from_config
 
@@ -369,7 +368,7 @@ class _Run:
         self.log = MetricsLog(self.folder, records, enabled=dist.is_main)
         if dist.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.folder / CONFIG, json.dumps(c.to_dict(), indent=2) + "\n")
+            write_json_atomic(self.folder / CONFIG, c.to_dict())
             self.log.rewrite()
         if c.compile:
             _compile_cell(model)

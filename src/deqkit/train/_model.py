@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import models
+from .._validate import integer, real
 from ..nn._state import Packer
 from ._config import DEFAULT_MODEL_KWARGS, TrainConfig
 from ._data import Data
@@ -212,10 +213,8 @@ def evaluate_on(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` with a ready :class:`Data` (the training loop keeps one)."""
-    if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-    if tol is not None and not (isinstance(tol, int | float) and tol > 0):
-        raise ValueError(f"tol must be > 0, got {tol!r}")
+    max_iter = integer("max_iter", max_iter, 1, optional=True)
+    tol = real("tol", tol, 0.0, low_open=True, optional=True)
     if (max_iter is not None or tol is not None) and not is_equilibrium(model):
         raise ValueError(
             f"max_iter and tol apply to equilibrium models, not {type(model).__name__}"
