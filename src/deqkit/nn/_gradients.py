@@ -22,8 +22,7 @@ import torch
 from torch import Tensor
 
 from .._validate import assign, integer, real
-from ..solvers import Solver, SolveResult, resolve
-from ..solvers._loop import check_budget, solve
+from ..solvers import Solver, SolveResult, check_budget, resolve, solve
 
 __all__ = [
     "GRADIENTS",
