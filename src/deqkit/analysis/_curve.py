@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._validate import choice, integer, invalid, real
-from ..nn._state import Packer
+from ..nn import Packer
 from ..solvers import Solver, check_budget, resolve, run, solve
 from ._common import (
     check_callable,

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._autodiff import jvp
 from .._validate import integer, real
-from ..nn._state import Packer, State
+from ..nn import Packer, State
 from ._common import check_callable, flat_map, random_like
 
 __all__ = ["SpectralEstimate", "spectral_norm", "spectral_radius"]

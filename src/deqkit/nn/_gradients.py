@@ -30,6 +30,7 @@ __all__ = [
     "Implicit",
     "Phantom",
     "Unrolled",
+    "available_gradients",
     "make_gradient",
 ]
 
@@ -270,6 +271,12 @@ GRADIENTS: dict[str, type[Gradient]] = {
     "unrolled": Unrolled,
 }
 """The gradient classes by alias name."""
+
+
+def available_gradients() -> list[str]:
+    """The alias names :func:`make_gradient` and :class:`~deqkit.DEQ`'s ``backward`` accept,
+    sorted: ``["implicit", "phantom", "unrolled"]``."""
+    return sorted(GRADIENTS)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import models
 from .._validate import integer, real
-from ..nn._state import Packer
+from ..nn import Packer
 from ._config import DEFAULT_MODEL_KWARGS, TrainConfig
 from ._data import Data
 
