@@ -51,16 +51,9 @@ def _factory(name: str) -> tuple[Callable[..., nn.Module], Callable[..., Any]]:
     def build(**kwargs: Any) -> nn.Module:
         return models.build_model(name, **kwargs)
 
-    return build, _registered_signature(models, name)
-
-
-def _registered_signature(models: Any, name: str) -> Callable[..., Any]:
-    """The constructor registered under ``name``, whose parameters say which task facts
-    (``in_features``, ``num_classes``, ...) it takes; ``build_model`` itself if unknown."""
-    registry = getattr(getattr(models, "_registry", None), "_MODELS", None)
-    if isinstance(registry, dict) and name in registry:
-        return registry[name]
-    return models.build_model
+    # the registered constructor, whose parameters say which task facts (``in_features``,
+    # ``num_classes``, ...) it takes
+    return build, models.model_factory(name)
 
 
 def model_from_config(config: TrainConfig) -> nn.Module:
