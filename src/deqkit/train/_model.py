@@ -139,8 +139,20 @@ class Objective(nn.Module):
     The training recipes of the config (:meth:`TrainConfig.recipe`: pretraining, Jacobian
     penalty, fixed-point correction, initial states, budget jitter) act here, step by step.
 
-    Call: ``objective(x, y, generator, step) -> (loss, logits or None, info or None,
-    penalty)``; ``penalty`` is the Jacobian estimate (unweighted) on steps that use it.
+    Call: ``objective(x, y, generator, step=0) -> (loss, logits or None, info or None,
+    penalty)``, ``x``/``y`` a batch on ``device`` (``x`` in ``config.dtype``), ``generator``
+    the ``torch.Generator`` of the step's random choices (budget jitter, mixed initial
+    states, the Jacobian estimate's probes, the recurrent loss's ``n`` and ``k``), ``step``
+    the training step (from 0) the recipes schedule by. ``loss`` is a scalar (float32 under
+    ``amp="bf16"``); ``logits`` and ``info`` (a :class:`~deqkit.DEQInfo`, ``None`` for an
+    explicit model) are the model's outputs, both ``None`` in ``mode="recurrent"``;
+    ``penalty`` is the Jacobian estimate (unweighted, scalar) on steps that use it, else
+    ``None``.
+
+    Args:
+        model: The model, as :func:`model_from_config` builds it.
+        config: The run's config (mode, recipes, solver overrides, ``amp``).
+        device: Where the batches are (for autocast).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device):
