@@ -16,7 +16,7 @@ import pytest
 
 from deqkit.cli import build_parser
 from deqkit.models import available_models
-from deqkit.nn._gradients import GRADIENTS
+from deqkit.nn import available_gradients
 from deqkit.solvers import available as available_solvers
 from deqkit.train.__main__ import build_parser as build_train_parser
 
@@ -99,7 +99,7 @@ def test_registry_flags_list_the_registry(name):
     registries = {
         "solver": available_solvers(),
         "model": available_models(),
-        "backward": list(GRADIENTS),
+        "backward": available_gradients(),
     }
     for action in _options(PARSERS[name]):
         for valid in registries.get(action.dest, ()):

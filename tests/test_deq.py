@@ -326,3 +326,22 @@ def test_mixed_init_and_fixed_point_correction_states():
     assert cell.W.grad is not None
     with pytest.raises(ValueError, match=r"Invalid p: 1.5 \(expected a number in \[0, 1\]\)"):
         mixed_init(z0, p=1.5)
+
+
+def test_packer_flattens_a_tuple_state_and_back():
+    """``deqkit.nn.Packer``: one ``[B, N]`` batch of vectors, the parts in order."""
+    from deqkit.nn import Packer
+
+    a, b = torch.randn(3, 4), torch.randn(3, 2, 3)
+    packer = Packer.of((a, b))
+    flat = packer.pack((a, b))
+    assert flat.shape == (3, 10)
+    assert torch.equal(flat[:, :4], a) and torch.equal(flat[:, 4:], b.reshape(3, 6))
+    back = packer.unpack(flat)
+    assert isinstance(back, tuple) and torch.equal(back[0], a) and torch.equal(back[1], b)
+    plain = Packer.of(b)
+    assert plain.pack(b).shape == (3, 6) and torch.equal(plain.unpack(plain.pack(b)), b)
+    with pytest.raises(ValueError, match="shaped like z"):
+        packer.pack(a)
+    with pytest.raises(ValueError, match="same batch size"):
+        Packer.of((a, torch.randn(2, 4)))

@@ -8,7 +8,7 @@ from torch import nn
 import deqkit
 from deqkit import Implicit, Phantom, Unrolled
 from deqkit.nn import _deq as deq_module
-from deqkit.nn import make_gradient
+from deqkit.nn import available_gradients, make_gradient
 
 D = torch.float64
 
@@ -57,6 +57,12 @@ def test_string_aliases_resolve_to_the_gradient_objects():
     assert deqkit.DEQ(cell, backward=spec).gradient == Implicit(tol=1e-6, fallback=Phantom(2))
     for g in (Implicit("anderson", 1e-5, 7, fallback=Phantom(3), m=4), Phantom(2, 0.3)):
         assert make_gradient(g.to_spec()) == g
+
+
+def test_available_gradients_are_the_aliases_make_gradient_accepts():
+    assert available_gradients() == ["implicit", "phantom", "unrolled"]
+    for name, cls in zip(available_gradients(), (Implicit, Phantom, Unrolled), strict=True):
+        assert type(make_gradient(name)) is cls
 
 
 @pytest.mark.parametrize(

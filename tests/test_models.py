@@ -22,6 +22,7 @@ from deqkit.models import (
     RecallNet,
     available_models,
     build_model,
+    model_factory,
     progressive_loss,
 )
 
@@ -584,3 +585,13 @@ def test_build_model_knows_every_name():
 def test_build_model_unknown_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown model 'resnet'.*deq_conv.*recall1d.*recall2d"):
         build_model("resnet")
+    with pytest.raises(ValueError, match="unknown model 'resnet'.*deq_conv.*recall1d.*recall2d"):
+        model_factory("resnet")
+
+
+def test_model_factory_is_the_constructor_build_model_calls():
+    assert model_factory("deq_mlp") is DEQMLP
+    assert model_factory("recall1d") == RecallNet.for_prefix_sums
+    assert model_factory("recall2d") == RecallNet.for_mazes
+    for name in available_models():
+        assert callable(model_factory(name)), name

@@ -18,6 +18,7 @@ from torch import nn
 
 import deqkit
 from deqkit.train import (
+    Data,
     StepEvent,
     TrainConfig,
     evaluate,
@@ -26,7 +27,6 @@ from deqkit.train import (
     train,
 )
 from deqkit.train.__main__ import main
-from deqkit.train._data import Data
 
 
 class SeqCell(nn.Module):

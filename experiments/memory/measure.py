@@ -34,8 +34,11 @@ from torch import nn
 
 from deqkit.bench.memory import PeakMemory
 from deqkit.tasks import load_dataset, prefix_sums
-from deqkit.train import evaluate, load_checkpoint
-from deqkit.train._model import Objective  # the training loss of a run, as train() computes it
+from deqkit.train import (
+    Objective,  # the training loss of a run, as train() computes it
+    evaluate,
+    load_checkpoint,
+)
 from deqkit.utils import atomic_write_text, save_figure
 
 BATCH = 128

@@ -24,8 +24,7 @@ from ._io import write_json_atomic
 from ._validate import choice, integer
 from .report import Report, markdown_table
 from .study import compare_solvers, contraction, sweep
-from .train import TrainConfig, train
-from .train._data import Data
+from .train import Data, TrainConfig, train
 
 __all__ = ["DemoConfig", "run_demo"]
 

@@ -23,7 +23,7 @@ from . import analysis
 from ._io import new_figure, save_figure, write_json_atomic, write_text_atomic
 from ._validate import integer, real
 from .solvers import solve
-from .train._data import Data
+from .train import Data
 
 __all__ = ["SweepResult", "compare_solvers", "contraction", "examine", "sweep"]
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..nn._state import Packer, State
+from ..nn import Packer, State
 from ..solvers import Anderson, Broyden, Picard, Solver, SolveResult
 
 # Solvers whose every step costs exactly one evaluation of f per active sample, so that row t

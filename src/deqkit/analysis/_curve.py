@@ -11,9 +11,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._validate import choice, integer, invalid, real
-from ..nn._state import Packer
-from ..solvers import Solver, resolve, solve
-from ..solvers._loop import check_budget, run
+from ..nn import Packer
+from ..solvers import Solver, check_budget, resolve, run, solve
 from ._common import (
     check_callable,
     one_evaluation_per_step,

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._validate import integer, invalid
-from ..nn._state import Packer, State
+from ..nn import Packer, State
 from ..solvers import Solver, SolveResult, resolve, solve
 from ._common import check_callable, flat_map, random_like
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._autodiff import jvp
 from .._validate import integer, real
-from ..nn._state import Packer, State
-from ..solvers._core import jvp
+from ..nn import Packer, State
 from ._common import check_callable, flat_map, random_like
 
 __all__ = ["SpectralEstimate", "spectral_norm", "spectral_radius"]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._validate import integer, real
-from ..nn._state import Packer, State
+from ..nn import Packer, State
 from ..solvers import Solver, SolveResult, resolve, solve
 from ._common import (
     check_callable,

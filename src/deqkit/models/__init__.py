@@ -13,7 +13,8 @@ Explicit baselines (:class:`ExplicitModel`) return ``(logits, None)``. All repor
 * :class:`DEQConv` / :class:`ExplicitConv`: small multiscale conv classifier and its twin.
 * :class:`MonotoneMLP`: monotone operator DEQ, convergence guaranteed (Winston & Kolter
   2020). ``spectral_norm=True`` on the others constrains their cell's weights.
-* :func:`build_model` builds any of them by name.
+* :func:`build_model` builds any of them by name (:func:`available_models`);
+  :func:`model_factory` is the constructor it calls.
 """
 
 from ._base import DEQ_SETTINGS, EquilibriumModel, ExplicitModel
@@ -21,7 +22,7 @@ from ._conv import DEQConv, ExplicitConv, MultiscaleCell
 from ._mlp import DEQMLP, ExplicitMLP, MLPCell
 from ._monotone import MonotoneCell, MonotoneMLP
 from ._recall import RecallCell, RecallNet, ResidualBlock, progressive_loss
-from ._registry import available_models, build_model
+from ._registry import available_models, build_model, model_factory
 
 __all__ = [
     "DEQConv",
@@ -40,5 +41,6 @@ __all__ = [
     "ResidualBlock",
     "available_models",
     "build_model",
+    "model_factory",
     "progressive_loss",
 ]

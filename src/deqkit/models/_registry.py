@@ -12,7 +12,7 @@ from ._mlp import DEQMLP, ExplicitMLP
 from ._monotone import MonotoneMLP
 from ._recall import RecallNet
 
-__all__ = ["available_models", "build_model"]
+__all__ = ["available_models", "build_model", "model_factory"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "recall1d": RecallNet.for_prefix_sums,
@@ -28,6 +28,22 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
 def available_models() -> list[str]:
     """The names :func:`build_model` accepts, sorted."""
     return sorted(_MODELS)
+
+
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable :func:`build_model` calls for ``name``: the model's class, or the
+    constructor classmethod (``"recall1d"``: :meth:`RecallNet.for_prefix_sums`, ``"recall2d"``:
+    :meth:`RecallNet.for_mazes`). Its signature says which arguments the model takes.
+
+    Args:
+        name: One of :func:`available_models`.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the valid ones).
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(available_models())}")
+    return _MODELS[name]
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -57,6 +73,4 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         ValueError: unknown ``name`` (the message lists the valid ones), or a bad argument.
         TypeError: an argument the model does not take.
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(available_models())}")
-    return _MODELS[name](**kwargs)
+    return model_factory(name)(**kwargs)

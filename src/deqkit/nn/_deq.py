@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._validate import assign, integer
-from ..solvers import Solver, SolveResult, resolve
-from ..solvers._loop import check_budget, run, solve
+from ..solvers import Solver, SolveResult, check_budget, resolve, run, solve
 from ._gradients import Gradient, make_gradient
 from ._state import Packer, State
 

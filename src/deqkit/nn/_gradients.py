@@ -22,8 +22,7 @@ import torch
 from torch import Tensor
 
 from .._validate import assign, integer, real
-from ..solvers import Solver, SolveResult, resolve
-from ..solvers._loop import check_budget, solve
+from ..solvers import Solver, SolveResult, check_budget, resolve, solve
 
 __all__ = [
     "GRADIENTS",
@@ -31,6 +30,7 @@ __all__ = [
     "Implicit",
     "Phantom",
     "Unrolled",
+    "available_gradients",
     "make_gradient",
 ]
 
@@ -271,6 +271,12 @@ GRADIENTS: dict[str, type[Gradient]] = {
     "unrolled": Unrolled,
 }
 """The gradient classes by alias name."""
+
+
+def available_gradients() -> list[str]:
+    """The alias names :func:`make_gradient` and :class:`~deqkit.DEQ`'s ``backward`` accept,
+    sorted: ``["implicit", "phantom", "unrolled"]``."""
+    return sorted(GRADIENTS)
 
 
 @dataclass(frozen=True)

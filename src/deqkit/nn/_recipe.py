@@ -66,8 +66,8 @@ class Recipe:
 
     Args: the fields above. Defaults: ``pretrain_steps=0``, ``pretrain_iters=10``,
     ``pretrain_solver="picard"``, ``pretrain_gradient=Unrolled()``, ``jac_weight=0``,
-    ``jac_every=1``, ``jac_start=0``, ``jac_stop=None`` (never), ``jac_samples=1``, ``correction=0``,
-    ``correction_gamma=0.8`` (torchdeq's), ``init="zeros"``, ``init_p=0.5``,
+    ``jac_every=1``, ``jac_start=0``, ``jac_stop=None`` (never), ``jac_samples=1``,
+    ``correction=0``, ``correction_gamma=0.8`` (torchdeq's), ``init="zeros"``, ``init_p=0.5``,
     ``init_scale=1.0``, ``max_iter_jitter=0``, ``weight_norm=False``.
 
     Raises:

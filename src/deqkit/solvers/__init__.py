@@ -4,12 +4,18 @@ Use :func:`deqkit.solve` with a method name, or pass one of these objects as ``m
 fix hyperparameters once (``deqkit.solve(f, z0, Anderson(m=8))``). To add a solver, subclass
 :class:`Solver` as a frozen dataclass, implement ``step`` (and ``init`` if it keeps state),
 and :func:`register` it.
+
+Extension API, for layers and instruments that drive the loop themselves (the DEQ layer's
+unrolled backward, :func:`deqkit.analysis.compute_curve`): :func:`run` is the loop behind
+:func:`solve` without its argument checks and without ``no_grad`` (so autograd can record
+through it), with a per-step callback; :func:`check_budget` is the check of ``tol``,
+``stop`` and ``max_iter`` that :func:`solve` applies, to call before :func:`run`.
 """
 
 from ._anderson import Anderson
 from ._broyden import Broyden
 from ._core import Evaluator, Point, SolveError, Solver, SolveResult, Status, where_active
-from ._loop import available, register, resolve, solve
+from ._loop import available, check_budget, register, resolve, run, solve
 from ._newton import NewtonKrylov
 from ._picard import Picard
 
@@ -34,8 +40,10 @@ __all__ = [
     "Solver",
     "Status",
     "available",
+    "check_budget",
     "register",
     "resolve",
+    "run",
     "solve",
     "where_active",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -11,13 +10,14 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from .._autodiff import jvp
+
 __all__ = [
     "Point",
     "SolveError",
     "SolveResult",
     "Solver",
     "Status",
-    "jvp",
     "put",
     "where_active",
 ]
@@ -223,18 +223,6 @@ class Evaluator:
         )
         self._charge(charge)
         return self._check(fz), jv.reshape(self.batch, -1).to(self.dtype)
-
-
-def jvp(f: Callable, primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]):
-    """``torch.func.jvp`` without torch's own first-use warning.
-
-    torch builds its forward-AD decompositions with ``torch.jit.script`` the first time
-    forward mode runs in a process and warns that it is deprecated: torch's concern, not the
-    user's, and an error under ``-W error``.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
-        return torch.func.jvp(f, primals, tangents)
 
 
 def put(buf: Tensor, index: tuple[Tensor, ...], value: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor
 from .._validate import choice, integer, real
 from ._core import Evaluator, Point, Solver, SolveResult, Status, where_active
 
-__all__ = ["available", "register", "resolve", "run", "solve"]
+__all__ = ["available", "check_budget", "register", "resolve", "run", "solve"]
 
 _REGISTRY: dict[str, type[Solver]] = {}
 
@@ -66,9 +66,20 @@ def resolve(method: str | Solver, options: dict | None = None) -> Solver:
 
 
 def check_budget(tol: float, stop: str, max_iter: int) -> tuple[float, str, int]:
-    """Validate a tolerance, stopping criterion and evaluation budget (``ValueError``).
+    """Check a tolerance, stopping criterion and evaluation budget as :func:`solve` does.
 
-    Returns them normalised (``float``, ``str``, ``int``).
+    Part of the extension API (with :func:`run`, which checks none of them).
+
+    Args:
+        tol: Tolerance, a real number > 0.
+        stop: ``"rel"`` or ``"abs"``.
+        max_iter: Evaluation budget per sample, an integer >= 1.
+
+    Returns:
+        ``(tol, stop, max_iter)`` normalised to ``(float, str, int)``.
+
+    Raises:
+        ValueError: Any of them out of range (the message names it).
     """
     return (
         real("tol", tol, 0.0, low_open=True),
@@ -187,14 +198,31 @@ def run(
 ) -> SolveResult:
     """The shared loop behind :func:`solve`, without argument checks or ``no_grad``.
 
-    Under autograd it records a graph through every step (the "unrolled" backward of
-    :class:`deqkit.DEQ`); :func:`solve` is what users call.
+    Part of the extension API, for layers and instruments that drive the loop themselves;
+    :func:`solve` is what users call. Under autograd it records a graph through every step
+    (the "unrolled" backward of :class:`deqkit.DEQ`). Nothing is checked: validate
+    ``tol``/``stop``/``max_iter`` with :func:`check_budget` and build ``solver`` with
+    :func:`resolve` first.
 
-    ``on_step(t, z, res, best_z, best_res)``, when given, is called at ``z0`` (``t = 0``) and
-    after every step ``t``: each sample's current iterate and its residual, and its lowest-
-    residual iterate so far and that residual (``z``'s are ``[B, n]`` views in the state
-    dtype; do not modify them). Row ``t`` equals ``iterates[t]`` of a recording solve, so
-    readouts at every step need no stored iterates.
+    Args:
+        f: Maps a ``[B, ...]`` tensor shaped like ``z0`` to one of the same shape.
+        z0: ``[B, ...]`` floating-point starting point, batch first (see :func:`solve`).
+        solver: A :class:`Solver` instance.
+        tol: Tolerance, > 0, as a ``float``.
+        stop: ``"rel"`` or ``"abs"``.
+        max_iter: Evaluations of ``f`` per sample, >= 1.
+        record_trace: Also return the ``[steps, B]`` residual history. Default ``False``.
+        record_iterates: Also return every iterate, ``[steps, *z0.shape]``. Default
+            ``False``.
+        on_step: ``on_step(t, z, res, best_z, best_res)``, when given, is called at ``z0``
+            (``t = 0``) and after every step ``t``: each sample's current iterate and its
+            residual, and its lowest-residual iterate so far and that residual (``z``'s are
+            ``[B, n]`` views in the state dtype, residuals ``[B]``; do not modify them). Row
+            ``t`` equals ``iterates[t]`` of a recording solve, so readouts at every step need
+            no stored iterates. Default ``None``.
+
+    Returns:
+        A :class:`SolveResult`, as :func:`solve` returns it.
     """
     state_dtype = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
     ev = Evaluator(f, z0, state_dtype, stop, max_iter)

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import available_models
-from ..nn import DEQ
-from ..nn._gradients import GRADIENTS
+from ..nn import DEQ, available_gradients
 from ..solvers import available as available_solvers
 from ..utils import OneLineArgumentParser
 from ._config import (
@@ -69,7 +68,7 @@ _SHORTCUTS = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
     "mode": MODES,
-    "backward": tuple(GRADIENTS),
+    "backward": tuple(available_gradients()),
     "device": DEVICES,
     "amp": AMP,
 }

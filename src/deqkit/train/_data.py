@@ -38,10 +38,31 @@ def mix_seed(*parts: int) -> int:
 class Data:
     """The batches, evaluation sets and scoring of one task, as set by a :class:`TrainConfig`.
 
-    Procedural tasks draw sample ``i`` of step ``s`` from a generator seeded with
-    ``(seed, s, i)``. Data sets shuffle their training split once per epoch with a generator
-    seeded with ``(seed, epoch)`` and walk through it in global batches (the last partial
-    batch of an epoch is dropped).
+    What :func:`train` feeds a run, for code that needs the same samples (sweeps, studies of
+    a trained model): ``Data(config).batch(step, lo, hi)`` is samples ``lo .. hi - 1`` of the
+    global batch of step ``step``, :meth:`eval_set` the fixed evaluation set, :meth:`correct`
+    the per-sample score. Everything is on the CPU.
+
+    Procedural tasks (``prefix_sums``, ``mazes``) draw sample ``i`` of step ``s`` from a
+    generator seeded with ``(seed, s, i)``: inputs ``x [n, 1, L]`` / ``[n, 3, H, W]``,
+    targets ``y [n, L]`` / ``[n, H, W]``, ``num_classes == 2``. Data sets (``digits``, ...)
+    load once, shuffle their training split once per epoch with a generator seeded with
+    ``(seed, epoch)`` and walk through it in global batches of ``config.batch_size`` (the
+    last partial batch of an epoch is dropped): ``x [n, C, ...]`` float, ``y [n]`` int64.
+
+    Args:
+        config: The run's config: its task, seed, batch size, steps or epochs,
+            difficulties, data root, evaluation size and ``augment_shift``.
+
+    Attributes:
+        config: That config.
+        task: ``config.task``.
+        dataset: The loaded :class:`~deqkit.tasks.ClassificationData`, ``None`` for a
+            procedural task.
+        num_classes: Classes of the targets (2 for procedural tasks: bit / on the path).
+
+    Raises:
+        ValueError: ``config.batch_size`` exceeds the training split of a data set.
     """
 
     def __init__(self, config: TrainConfig):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import models
 from .._validate import integer, real
-from ..nn._state import Packer
+from ..nn import Packer
 from ._config import DEFAULT_MODEL_KWARGS, TrainConfig
 from ._data import Data
 
@@ -51,16 +51,9 @@ def _factory(name: str) -> tuple[Callable[..., nn.Module], Callable[..., Any]]:
     def build(**kwargs: Any) -> nn.Module:
         return models.build_model(name, **kwargs)
 
-    return build, _registered_signature(models, name)
-
-
-def _registered_signature(models: Any, name: str) -> Callable[..., Any]:
-    """The constructor registered under ``name``, whose parameters say which task facts
-    (``in_features``, ``num_classes``, ...) it takes; ``build_model`` itself if unknown."""
-    registry = getattr(getattr(models, "_registry", None), "_MODELS", None)
-    if isinstance(registry, dict) and name in registry:
-        return registry[name]
-    return models.build_model
+    # the registered constructor, whose parameters say which task facts (``in_features``,
+    # ``num_classes``, ...) it takes
+    return build, models.model_factory(name)
 
 
 def model_from_config(config: TrainConfig) -> nn.Module:
@@ -146,8 +139,20 @@ class Objective(nn.Module):
     The training recipes of the config (:meth:`TrainConfig.recipe`: pretraining, Jacobian
     penalty, fixed-point correction, initial states, budget jitter) act here, step by step.
 
-    Call: ``objective(x, y, generator, step) -> (loss, logits or None, info or None,
-    penalty)``; ``penalty`` is the Jacobian estimate (unweighted) on steps that use it.
+    Call: ``objective(x, y, generator, step=0) -> (loss, logits or None, info or None,
+    penalty)``, ``x``/``y`` a batch on ``device`` (``x`` in ``config.dtype``), ``generator``
+    the ``torch.Generator`` of the step's random choices (budget jitter, mixed initial
+    states, the Jacobian estimate's probes, the recurrent loss's ``n`` and ``k``), ``step``
+    the training step (from 0) the recipes schedule by. ``loss`` is a scalar (float32 under
+    ``amp="bf16"``); ``logits`` and ``info`` (a :class:`~deqkit.DEQInfo`, ``None`` for an
+    explicit model) are the model's outputs, both ``None`` in ``mode="recurrent"``;
+    ``penalty`` is the Jacobian estimate (unweighted, scalar) on steps that use it, else
+    ``None``.
+
+    Args:
+        model: The model, as :func:`model_from_config` builds it.
+        config: The run's config (mode, recipes, solver overrides, ``amp``).
+        device: Where the batches are (for autocast).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device):
