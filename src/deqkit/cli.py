@@ -339,6 +339,15 @@ def _cmd_solve_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="device to run on: %(choices)s (default: %(default)s)",
+    )
+
+
 def _add_solve_bench(sub) -> None:
     p = sub.add_parser("solve-bench", help="our solvers against torchdeq's, side by side")
     p.add_argument(
@@ -360,12 +369,7 @@ def _add_solve_bench(sub) -> None:
         default="bench-out",
         help="output folder for solver_bench.md, .json and .png plots (default: %(default)s)",
     )
-    p.add_argument(
-        "--device",
-        default="cpu",
-        choices=["cpu", "cuda"],
-        help="device to run on: %(choices)s (default: %(default)s)",
-    )
+    _add_bench_device(p)
     p.add_argument(
         "--threads",
         type=_positive_int,
@@ -438,12 +442,7 @@ def _add_mem_bench(sub) -> None:
         help="timed repeats per method and iteration count, median reported, a positive "
         "integer (default: %(default)s)",
     )
-    p.add_argument(
-        "--device",
-        default="cpu",
-        choices=["cpu", "cuda"],
-        help="device to run on: %(choices)s (default: %(default)s)",
-    )
+    _add_bench_device(p)
     p.add_argument(
         "--out",
         default="bench-out",
