@@ -155,18 +155,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sweep(sub) -> None:
-    p = sub.add_parser(
-        "sweep", help="test-time compute curve of a checkpoint: accuracy against iterations"
-    )
+def _add_checkpoint_and_difficulties(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("checkpoint", help="path to a run's checkpoint.pt (from deqkit train)")
     p.add_argument(
         "--difficulties",
         type=_ints,
         default=None,
         metavar="D1,D2,...",
-        help=_DIFFICULTIES_HELP + " e.g. 16,32,64,128 " + _DIFFICULTIES_DEFAULT,
+        help=f"{_DIFFICULTIES_HELP} e.g. {example} {_DIFFICULTIES_DEFAULT}",
     )
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="test-time compute curve of a checkpoint: accuracy against iterations"
+    )
+    _add_checkpoint_and_difficulties(p, "16,32,64,128")
     p.add_argument(
         "--iterations",
         type=_ints,
@@ -249,14 +253,7 @@ def _add_examine(sub) -> None:
         help="solvers forward and backward, contraction, path independence and per-iterate "
         "readout of a checkpoint, per test sample",
     )
-    p.add_argument("checkpoint", help="path to a run's checkpoint.pt (from deqkit train)")
-    p.add_argument(
-        "--difficulties",
-        type=_ints,
-        default=None,
-        metavar="D1,D2,...",
-        help=_DIFFICULTIES_HELP + " e.g. 16,32,64 " + _DIFFICULTIES_DEFAULT,
-    )
+    _add_checkpoint_and_difficulties(p, "16,32,64")
     p.add_argument(
         "--n",
         type=_positive_int,

@@ -298,8 +298,8 @@ def _check_folder(config: TrainConfig, resume: bool, data: Data) -> tuple[str | 
         return f"ValueError:cannot resume {folder}: {err}", None
     # Through TrainConfig, so fields added since the checkpoint was written take their
     # defaults (which reproduce the old behaviour) instead of blocking the resume.
-    saved = TrainConfig.from_dict(state["config"]).to_dict()
-    now = config.to_dict()
+    saved_config = TrainConfig.from_dict(state["config"])
+    saved, now = saved_config.to_dict(), config.to_dict()
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     bad = [k for k in diff if k not in RESUMABLE_FIELDS]
     if bad:
@@ -309,7 +309,7 @@ def _check_folder(config: TrainConfig, resume: bool, data: Data) -> tuple[str | 
             f"{detail} (only {', '.join(sorted(RESUMABLE_FIELDS))} may change)",
             None,
         )
-    why = _schedule_break(TrainConfig.from_dict(saved), config, state["step"], data)
+    why = _schedule_break(saved_config, config, state["step"], data)
     if why is not None:
         return f"ValueError:cannot resume {folder}: {why}", None
     return None, state
