@@ -536,6 +536,8 @@ def test_progressive_loss_rejects_bad_arguments(kw, match):
         (lambda: DEQConv(channels=(6,), groups=4), "groups"),
         (lambda: DEQConv(in_channels=0), "in_channels"),
         (lambda: ExplicitConv(depth=0), "depth"),
+        (lambda: DEQConv(dropout=1.0), "Invalid dropout: 1.0"),
+        (lambda: DEQConv(dropout=-0.1), "Invalid dropout"),
         (lambda: MonotoneMLP(8, m=0.0), "Invalid m: 0.0"),
         (lambda: MonotoneMLP(8, damping=2.0), "damping"),
         (lambda: MonotoneMLP(8, hidden=-1), "hidden"),
@@ -595,3 +597,84 @@ def test_model_factory_is_the_constructor_build_model_calls():
     assert model_factory("recall2d") == RecallNet.for_mazes
     for name in available_models():
         assert callable(model_factory(name)), name
+
+
+# --------------------------------------------------------------------------- variational dropout
+
+
+def _dropout_conv(p=0.3):
+    torch.manual_seed(0)
+    return DEQConv(channels=(8, 16), dropout=p, solver="anderson", tol=1e-6, max_iter=200)
+
+
+def test_variational_dropout_is_one_map_for_a_whole_solve():
+    """In training mode the solve converges to a fixed point of the masked cell (the mask
+    is the same at every iteration); a per-call mask would leave no fixed point."""
+    model = _dropout_conv().double().train()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        with model._frozen():  # what forward does: draw masks, then solve
+            u = model.inject(x)
+            z, info = model.deq(u)
+        assert bool(info.converged.all())
+        fz = model.cell(z, u)  # the cell alone draws nothing new
+    state_close(fz, z, atol=1e-5, rtol=0)
+    # the same call without dropout has another fixed point: the masks act
+    for branch in model.cell.branches:
+        assert branch.drop.mask is not None and (branch.drop.mask == 0).any()
+    with torch.no_grad():
+        plain = [b.drop.p for b in model.cell.branches]
+        for b in model.cell.branches:
+            b.drop.p = 0.0
+        g = model.cell(z, u)
+        for b, p in zip(model.cell.branches, plain, strict=True):
+            b.drop.p = p
+    assert max((a - b).abs().max().item() for a, b in zip(g, z, strict=True)) > 1e-3
+
+
+def test_variational_dropout_draws_new_masks_at_every_forward_and_none_in_eval():
+    model = _dropout_conv().train()
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        model(x)
+        first = model.cell.branches[0].drop.mask.clone()
+        model(x)
+        second = model.cell.branches[0].drop.mask
+    assert not torch.equal(first, second)
+    keep = (second != 0).float().mean().item()
+    assert 0.55 < keep < 0.85  # p = 0.3
+    torch.testing.assert_close(second[second != 0], torch.full_like(second[second != 0], 1 / 0.7))
+    # eval mode: the identity, equal to the same weights built without dropout
+    model.eval()
+    torch.manual_seed(0)
+    twin = DEQConv(channels=(8, 16), solver="anderson", tol=1e-6, max_iter=200).eval()
+    twin.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], twin(x)[0])
+
+
+def test_variational_dropout_keeps_the_implicit_gradient_exact():
+    """The implicit backward re-evaluates the cell at z*; it must see the forward's mask,
+    so the gradient equals autograd through a long unrolled run of the same masked map."""
+    torch.manual_seed(0)
+    model = DEQConv(
+        channels=(8, 16),
+        dropout=0.25,
+        tol=1e-10,
+        max_iter=300,
+        backward=deqkit.Implicit(tol=1e-12, max_iter=400),
+    )
+    model = model.double().train()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    logits, _ = model(x)
+    logits.square().sum().backward()
+    implicit = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    # calling the cell directly (not the model) keeps the forward's masks
+    u = model.inject(x)
+    z = model.cell.initial_state(u)
+    for _ in range(400):
+        z = model.cell(z, u)
+    model.readout(z).square().sum().backward()
+    for a, b in zip(implicit, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)

@@ -18,7 +18,7 @@ Explicit baselines (:class:`ExplicitModel`) return ``(logits, None)``. All repor
 """
 
 from ._base import DEQ_SETTINGS, EquilibriumModel, ExplicitModel
-from ._conv import DEQConv, ExplicitConv, MultiscaleCell
+from ._conv import DEQConv, ExplicitConv, MultiscaleCell, VariationalDropout
 from ._mlp import DEQMLP, ExplicitMLP, MLPCell
 from ._monotone import MonotoneCell, MonotoneMLP
 from ._recall import RecallCell, RecallNet, ResidualBlock, progressive_loss
@@ -39,6 +39,7 @@ __all__ = [
     "RecallCell",
     "RecallNet",
     "ResidualBlock",
+    "VariationalDropout",
     "available_models",
     "build_model",
     "model_factory",

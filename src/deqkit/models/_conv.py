@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,7 +22,14 @@ from ._base import (
     zeros_state,
 )
 
-__all__ = ["DEQConv", "ExplicitConv", "MultiscaleCell", "MultiscaleInjection", "PoolHead"]
+__all__ = [
+    "DEQConv",
+    "ExplicitConv",
+    "MultiscaleCell",
+    "MultiscaleInjection",
+    "PoolHead",
+    "VariationalDropout",
+]
 
 
 def _parts(z: State) -> tuple[Tensor, ...]:
@@ -75,19 +85,65 @@ class MultiscaleInjection(nn.Module):
         return _pack([conv(x) for conv in self.convs])
 
 
-class _Branch(nn.Module):
-    """MDEQ residual block with injection: ``relu(gn(gn(conv(relu(gn(conv z)))) + u) + z))``."""
+class VariationalDropout(nn.Module):
+    r"""Dropout with one mask per forward pass, shared by every iteration of the solve.
 
-    def __init__(self, channels: int, groups: int):
+    .. math:: h \mapsto h \odot m / (1 - p), \qquad m_{ij\dots} \sim \mathrm{Bernoulli}(1 - p)
+
+    Ordinary dropout would draw a new mask at every call of the cell, so the map whose
+    fixed point the solver seeks would change from one iteration to the next and no
+    fixed point would exist. Here the mask is drawn at the first call after
+    :meth:`resample` (shaped like that call's input) and kept until the next
+    :meth:`resample`: the solve, the phantom or unrolled backward, and an implicit
+    backward that re-evaluates the cell at ``z*`` all see the same map. This is MDEQ's
+    variational dropout (Bai et al. 2020, after Gal and Ghahramani 2016); an
+    :class:`~deqkit.models.EquilibriumModel` resamples at the start of every forward (its
+    ``_frozen`` context). In eval mode, or with ``p = 0``, it is the identity.
+
+    Args:
+        p: Probability of zeroing an entry, in ``[0, 1)``. Default ``0.0``.
+
+    Raises:
+        ValueError: ``p`` outside ``[0, 1)``.
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = real("dropout", p, 0.0, 1.0, high_open=True)
+        self.mask: Tensor | None = None
+        self._stale = True
+
+    def resample(self) -> None:
+        """Draw a new mask at the next call (shaped like that call's input)."""
+        self._stale = True
+
+    def forward(self, h: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return h
+        if self._stale or self.mask is None or self.mask.shape != h.shape:
+            keep = 1.0 - self.p
+            self.mask = torch.empty_like(h).bernoulli_(keep).div_(keep)
+            self._stale = False
+        return h * self.mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class _Branch(nn.Module):
+    """MDEQ residual block with injection: ``relu(gn(gn(conv(drop(relu(gn(conv z))))) + u) + z))``."""
+
+    def __init__(self, channels: int, groups: int, dropout: float = 0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.norm1 = nn.GroupNorm(groups, channels)
+        self.drop = VariationalDropout(dropout)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.norm2 = nn.GroupNorm(groups, channels)
         self.norm3 = nn.GroupNorm(groups, channels)
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
-        h = F.relu(self.norm1(self.conv1(z)))
+        h = self.drop(F.relu(self.norm1(self.conv1(z))))
         h = self.norm2(self.conv2(h) + u)
         return F.relu(self.norm3(h + z))
 
@@ -116,18 +172,25 @@ class MultiscaleCell(nn.Module):
             ``(16, 32)``.
         groups: Group-norm groups, dividing every width. Default ``4``.
         init_scale: Factor on the initial convolution weights, > 0. Default ``0.2``.
+        dropout: :class:`VariationalDropout` probability inside each residual block (after
+            the first convolution, as in MDEQ), in ``[0, 1)``. Default ``0.0``.
 
     Raises:
         ValueError: a bad argument, named in the message.
     """
 
     def __init__(
-        self, channels: Sequence[int] = (16, 32), groups: int = 4, init_scale: float = 0.2
+        self,
+        channels: Sequence[int] = (16, 32),
+        groups: int = 4,
+        init_scale: float = 0.2,
+        dropout: float = 0.0,
     ):
         super().__init__()
         channels = _check_channels(channels, groups)
         real("init_scale", init_scale, 0.0, low_open=True)
-        self.branches = nn.ModuleList(_Branch(c, groups) for c in channels)
+        real("dropout", dropout, 0.0, 1.0, high_open=True)
+        self.branches = nn.ModuleList(_Branch(c, groups, dropout) for c in channels)
         if len(channels) == 2:
             c0, c1 = channels
             self.down = nn.Sequential(
@@ -146,6 +209,11 @@ class MultiscaleCell(nn.Module):
             return b[0]
         up = F.interpolate(self.up(b[1]), size=b[0].shape[-2:], mode="nearest")
         return 0.5 * (b[0] + up), 0.5 * (b[1] + self.down(b[0]))
+
+    def resample_dropout(self) -> None:
+        """Draw new :class:`VariationalDropout` masks at the next call."""
+        for branch in self.branches:
+            branch.drop.resample()
 
     def initial_state(self, u: State) -> State:
         """Zeros shaped like the injection ``u``."""
@@ -188,6 +256,9 @@ class DEQConv(EquilibriumModel):
         spectral_norm: Spectral-normalise every convolution of the cell. The norms and the
             residual connection can still expand, so a contraction is not guaranteed.
             Default ``False``.
+        dropout: Variational dropout in the cell (:class:`VariationalDropout`: one mask per
+            forward, shared by every iteration, redrawn at every call of the model in
+            training mode), in ``[0, 1)``. Default ``0.0``.
         deq_kwargs: DEQ settings as a dict. Default ``None`` (the :class:`~deqkit.DEQ`
             defaults).
         **deq_settings: The same settings as keywords.
@@ -208,15 +279,22 @@ class DEQConv(EquilibriumModel):
         channels: Sequence[int] = (16, 32),
         groups: int = 4,
         spectral_norm: bool = False,
+        dropout: float = 0.0,
         deq_kwargs: dict[str, Any] | None = None,
         **deq_settings: Any,
     ):
         channels, injection, head = _parts_of(in_channels, num_classes, channels, groups)
-        cell = MultiscaleCell(channels, groups)
+        cell = MultiscaleCell(channels, groups, dropout=dropout)
         if spectral_norm:
             spectral_normalise(cell)
         super().__init__(injection, cell, head, deq_kwargs=deq_kwargs, **deq_settings)
         self.channels = channels
+
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        """Every forward, iterate and unroll draws new dropout masks (kept until the next)."""
+        self.cell.resample_dropout()
+        yield
 
     def initial_state(self, x: Tensor) -> State:
         """Zeros ``[N, c_0, H, W]`` (and ``[N, c_1, ceil(H/2), ceil(W/2)]``), no projection."""
