@@ -40,6 +40,28 @@ def test_bad_flags_give_one_line_not_a_traceback():
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["sweep", "x.pt", "--n", "0"],
+            "argument --n: Invalid value: 0 (expected an integer >= 1)",
+        ),
+        (["eval", "x.pt", "--max-iter", "2.5"], "Invalid value: '2.5' (expected an integer >= 1)"),
+        (
+            ["sweep", "x.pt", "--iterations", "1,0"],
+            "Invalid value: '1,0' (expected comma-separated integers >= 1)",
+        ),
+    ],
+)
+def test_bad_integer_flags_are_worded_as_every_other_setting(args, message, capsys):
+    """The command line's integer checks say what deqkit._validate says elsewhere."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_bad_files_and_values_give_one_line(tmp_path):
     proc = run_cli("eval", str(tmp_path / "missing.pt"))
     assert proc.returncode == 2 and "missing.pt" in proc.stderr

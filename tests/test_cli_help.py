@@ -18,6 +18,7 @@ from deqkit.cli import build_parser
 from deqkit.models import available_models
 from deqkit.nn import available_gradients
 from deqkit.solvers import available as available_solvers
+from deqkit.tasks import available_tasks
 from deqkit.train.__main__ import build_parser as build_train_parser
 
 
@@ -95,12 +96,16 @@ def test_every_flag_has_meaning_values_and_default(name):
 
 @pytest.mark.parametrize("name", sorted(PARSERS))
 def test_registry_flags_list_the_registry(name):
-    """--solver lists deqkit.solvers.available(), --model the built-in models, etc."""
+    """--solver lists deqkit.solvers.available(), --model the built-in models, --task the
+    registered tasks, etc."""
     registries = {
         "solver": available_solvers(),
         "model": available_models(),
         "backward": available_gradients(),
+        "task": available_tasks(),
     }
+    if name == "deqkit demo":  # the demo runs its two procedural tasks only
+        registries["task"] = available_tasks(procedural=True)
     for action in _options(PARSERS[name]):
         for valid in registries.get(action.dest, ()):
             assert valid in _help(PARSERS[name], action), (name, action.dest, valid)

@@ -19,11 +19,13 @@ from torch import nn
 import deqkit
 from deqkit.train import (
     Data,
+    Evaluation,
     StepEvent,
     TrainConfig,
     evaluate,
     load_checkpoint,
     load_config,
+    model_from_config,
     train,
 )
 from deqkit.train.__main__ import main
@@ -331,6 +333,40 @@ def test_refuses_to_overwrite_a_run_folder(tmp_path):
     assert {p.name: p.read_bytes() for p in Path(c.out_dir).iterdir()} == before
 
 
+def test_rank_zero_sends_its_folder_errors_as_type_and_message(tmp_path):
+    """What rank 0 finds travels to every rank as (exception class, message), pickled."""
+    import pickle
+
+    from deqkit.train._folder import RankError, check_folder
+
+    c = small(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("")
+    error, state = check_folder(c, False, Data(c))
+    assert state is None and error.type is FileExistsError and "not empty" in error.message
+    assert pickle.loads(pickle.dumps(error)) == error
+    error, _ = check_folder(c, True, Data(c))
+    assert error == RankError(FileNotFoundError, f"cannot resume: no checkpoint.pt in {c.run_dir}")
+    with pytest.raises(FileNotFoundError, match="cannot resume: no checkpoint.pt"):
+        error.throw()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_metrics_logs_are_made_durable_at_every_checkpoint(tmp_path, monkeypatch):
+    """Appends are not fsync-ed one by one (too slow per step); each checkpoint syncs them."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    train(small(tmp_path, steps=4, checkpoint_every=2), progress=False)
+    for name in ("metrics.jsonl", "metrics.csv", "eval.csv"):
+        assert synced.count(name) == 2, (name, synced)  # at steps 2 and 4
+
+
 def test_an_empty_existing_folder_is_fine(tmp_path):
     (tmp_path / "empty").mkdir()
     assert train(small(tmp_path, "empty", steps=1), progress=False).step == 1
@@ -557,7 +593,7 @@ def test_recurrent_mode_uses_the_progressive_loss(tmp_path):
     r = train(c, progress=False)
     assert r.train["iters_mean"] is None and r.train["accuracy"] is None
     assert r.eval[0]["max_iter"] == 4 and r.eval[0]["iters_mean"] == 4
-    assert evaluate(r.model, c, 6, 16, max_iter=7)["max_iter"] == 7
+    assert evaluate(r.model, c, 6, 16, max_iter=7).max_iter == 7
 
 
 def test_evaluate_sets_the_budget_and_matches_the_logged_evaluation(tmp_path):
@@ -570,19 +606,35 @@ def test_evaluate_sets_the_budget_and_matches_the_logged_evaluation(tmp_path):
     logged = {r["difficulty"]: r for r in result.eval}
     for d in (6, 9):
         out = evaluate(model, config, d)
-        assert without_time([{"kind": "eval", "step": 6, **out}]) == without_time([logged[d]])
+        assert without_time([{"kind": "eval", "step": 6, **out.to_dict()}]) == without_time(
+            [logged[d]]
+        )
     short = evaluate(model, config, 9, 20, max_iter=2)
-    assert short["n"] == 20 and short["max_iter"] == 2 and short["iters_max"] <= 2
+    assert short.n == 20 and short.max_iter == 2 and short.iters_max <= 2
     loose = evaluate(model, config, 9, 20, tol=0.5)
-    assert loose["tol"] == 0.5 and loose["converged"] == 1.0
-    assert evaluate(model, config)["difficulty"] == 6
+    assert loose.tol == 0.5 and loose.converged == 1.0
+    assert evaluate(model, config).difficulty == 6
     with pytest.raises(ValueError, match="max_iter"):
         evaluate(model, config, 6, max_iter=0)
     digits = small(tmp_path, "d", steps=1)
     m = train(digits, progress=False).model
-    assert evaluate(m, digits)["n"] == 64
+    assert evaluate(m, digits).n == 64
     with pytest.raises(ValueError, match="difficulty"):
         evaluate(m, digits, 8)
+
+
+def test_evaluate_returns_a_frozen_record_whose_dict_is_the_logged_columns(tmp_path):
+    """``deqkit eval`` prints to_dict(): the keys of eval.csv less step and time."""
+    from deqkit.train._files import EVAL_COLUMNS
+
+    c = small(tmp_path, task="prefix_sums", model="recall1d", difficulty=6)
+    c = dataclasses.replace(c, model_kwargs={"width": 8, "num_blocks": 1})
+    torch.manual_seed(0)
+    out = evaluate(model_from_config(c), c, 6, 8, max_iter=3)
+    assert isinstance(out, Evaluation) and out.n == 8 and out.max_iter == 3
+    assert tuple(out.to_dict()) == tuple(k for k in EVAL_COLUMNS if k not in ("step", "time"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.accuracy = 1.0
 
 
 def test_compile_with_double_backward_is_refused_up_front():

@@ -77,7 +77,7 @@ def measure(folder: Path) -> list[dict]:
         name_dir = run if run.name != "run" else run.parent
         torch.manual_seed(0)
         model, config, _ = load_checkpoint(ckpt)
-        acc = evaluate(model, config)["accuracy"]
+        acc = evaluate(model, config).accuracy
         x, y = batch(config)
         name = re.sub(r"-seed\d+$", "", name_dir.name)
         params = sum(p.numel() for p in model.parameters())

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from ._validate import integer, invalid
+from .tasks import describe_difficulties
 from .utils import OneLineArgumentParser
 
 __all__ = ["main"]
@@ -21,25 +23,31 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, Import
 
 
 def _ints(text: str) -> list[int]:
+    """Comma-separated integers >= 1 (``"1,2,5"``); a bad list is one error in
+    :mod:`deqkit._validate`'s form: ``Invalid value: '1,x' (expected comma-separated
+    integers >= 1)``."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [integer("value", int(v), 1) for v in text.split(",") if v.strip()]
     except ValueError:
+        values = []
+    if not values:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+            str(invalid("value", text, "comma-separated integers >= 1"))
+        )
     return values
 
 
 def _positive_int(text: str) -> int:
+    """An integer >= 1, checked by :func:`deqkit._validate.integer`: ``Invalid value: 0
+    (expected an integer >= 1)`` (argparse names the flag before it)."""
     try:
-        value = int(text)
+        value: object = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    return value
+        value = text
+    try:
+        return integer("value", value, 1)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _solver_help(what: str) -> str:
@@ -89,7 +97,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     model, config, _ = _load(args.checkpoint)
     out = evaluate(model, config, args.difficulty, args.n, max_iter=args.max_iter, tol=args.tol)
-    print(json.dumps(out))
+    print(json.dumps(out.to_dict()))
     return 0
 
 
@@ -100,9 +108,9 @@ def _add_eval(sub) -> None:
         "--difficulty",
         type=_positive_int,
         default=None,
-        help="test difficulty of a procedural task, a positive integer: string length "
-        "(prefix_sums, e.g. 64), cells per side k (mazes); not for data sets, which use their "
-        "test split (default: the run's training difficulty)",
+        help="test difficulty of a procedural task, a positive integer: "
+        f"{describe_difficulties()}, e.g. 64; not for data sets, which use their test split "
+        "(default: the run's training difficulty)",
     )
     p.add_argument(
         "--n",
@@ -128,15 +136,11 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
-_DIFFICULTIES_HELP = (
-    "comma-separated test difficulties of a procedural task, positive integers: string "
-    "lengths (prefix_sums), cells per side k (mazes),"
-)
 _DIFFICULTIES_DEFAULT = "(default: the run's eval_difficulties, else its training difficulty)"
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .study import sweep
+    from .analysis import sweep
 
     model, config, _ = _load(args.checkpoint)
     out = sweep(
@@ -162,7 +166,8 @@ def _add_checkpoint_and_difficulties(p: argparse.ArgumentParser, example: str) -
         type=_ints,
         default=None,
         metavar="D1,D2,...",
-        help=f"{_DIFFICULTIES_HELP} e.g. {example} {_DIFFICULTIES_DEFAULT}",
+        help="comma-separated test difficulties of a procedural task, positive integers: "
+        f"{describe_difficulties()}, e.g. {example} {_DIFFICULTIES_DEFAULT}",
     )
 
 
@@ -210,7 +215,7 @@ def _add_sweep(sub) -> None:
 
 
 def _cmd_examine(args: argparse.Namespace) -> int:
-    from .study import examine
+    from .analysis import examine
 
     model, config, _ = _load(args.checkpoint)
     out = examine(
@@ -226,7 +231,7 @@ def _cmd_examine(args: argparse.Namespace) -> int:
         seed=args.seed,
         out_dir=args.out or str(Path(args.checkpoint).parent),
     )
-    keys = (
+    columns = (
         "accuracy",
         "converged",
         "picard_converged",
@@ -239,11 +244,24 @@ def _cmd_examine(args: argparse.Namespace) -> int:
         "best_readout_beats_fixed_point",
         "picard_cycle",
     )
-    print("| difficulty | " + " | ".join(keys) + " |")
-    print("|---" * (len(keys) + 1) + "|")
-    for d, s in out["difficulties"].items():
-        print(f"| {d} | " + " | ".join(f"{s[k]:.3g}" for k in keys) + " |")
-    print(f"wrote {', '.join(out['files'])}")
+    print("| difficulty | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for d, s in out.difficulties.items():
+        values = (
+            s.accuracy,
+            s.converged,
+            s.picard_converged,
+            s.picard_fails_solver_converges,
+            s.backward_converged,
+            s.backward_picard_converged,
+            s.median_radius,
+            s.median_norm,
+            s.median_path_score,
+            s.best_readout_beats_fixed_point,
+            s.picard_cycle,
+        )
+        print(f"| {d} | " + " | ".join(f"{v:.3g}" for v in values) + " |")
+    print(f"wrote {', '.join(str(p) for p in out.files)}")
     return 0
 
 

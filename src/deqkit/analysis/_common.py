@@ -1,8 +1,11 @@
-"""Helpers shared by the instruments: argument checks, flat views of states, row residuals."""
+"""Helpers shared by the instruments: argument checks, flat views of states, row residuals,
+CSV text."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+import io
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -80,3 +83,12 @@ def random_like(flat: Tensor, generator: torch.Generator | None, dtype: torch.dt
     device = generator.device if generator is not None else flat.device
     out = torch.randn(flat.shape, generator=generator, dtype=dtype, device=device)
     return out.to(flat.device)
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """``header`` and ``rows`` as CSV text (the ``csv`` module's defaults: ``\\r\\n`` line ends)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()

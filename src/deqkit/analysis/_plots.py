@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,3 +213,23 @@ def _figure(panels: int = 1):
 
 def _save(fig, path: Path) -> Path:
     return save_figure(fig, path, dpi=120)
+
+
+def plot_readout(curves_by_d: Mapping[Any, Mapping[str, Tensor]], path: Path) -> Path:
+    """Exact-match accuracy of the readout at every iterate, per difficulty: the model's
+    solver (solid) and plain iteration (dotted); ``curves_by_d[d][name]`` is ``[T, B]``
+    per-sample position accuracy (1 = every position right), ``name`` ``"solver"`` or
+    ``"picard"``. Written atomically as PNG; returns ``path``."""
+    fig = new_figure(figsize=(6.5, 4))  # no pyplot: no global state, no backend switch
+    ax = fig.subplots()
+    for d, c in curves_by_d.items():
+        for name, style in (("solver", "-"), ("picard", ":")):
+            acc = c[name].eq(1).double().mean(dim=1)
+            t = torch.arange(1, acc.shape[0] + 1)
+            ax.plot(t, 100 * acc, style, label=f"{d} ({'solver' if name == 'solver' else 'plain'})")
+    ax.set_xlabel("iterate (evaluations of f)")
+    ax.set_ylabel("exact-match accuracy of the readout (%)")
+    ax.set_title("readout at every iterate: solver (solid), plain iteration (dotted)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

@@ -16,6 +16,12 @@ int64 ``y [n]``): :func:`load_digits_dataset`, :func:`load_mnist_subset`,
 :func:`load_mnist1d` from installed packages (``pip install 'deqkit[data]'``), and
 :func:`load_idx_dataset`, :func:`load_cifar10` from local files; :func:`load_dataset` picks
 one by name.
+
+The registry: one :class:`Task` per task (its generator or loader, default model,
+difficulty range and metric), which the training config, the data stream, the command line
+and the studies read; :func:`get_task`, :func:`available_tasks`, :func:`register_task` to
+add one, :func:`describe_difficulties` for help texts. :func:`top1` is the metric of the
+data sets.
 """
 
 from ._common import ClassificationData
@@ -25,12 +31,24 @@ from ._load import load_dataset
 from ._maze import check_maze, maze_exact_match, mazes
 from ._metrics import bit_accuracy, exact_match
 from ._prefix_sum import prefix_parity, prefix_sums
+from ._registry import (
+    Task,
+    available_tasks,
+    describe_difficulties,
+    get_task,
+    register_task,
+    top1,
+)
 
 __all__ = [
     "ClassificationData",
+    "Task",
+    "available_tasks",
+    "describe_difficulties",
     "bit_accuracy",
     "check_maze",
     "exact_match",
+    "get_task",
     "load_cifar10",
     "load_dataset",
     "load_digits_dataset",
@@ -42,4 +60,6 @@ __all__ = [
     "prefix_parity",
     "prefix_sums",
     "read_idx",
+    "register_task",
+    "top1",
 ]

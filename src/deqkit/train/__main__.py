@@ -26,18 +26,10 @@ from typing import Any
 from ..models import available_models
 from ..nn import DEQ, available_gradients
 from ..solvers import available as available_solvers
+from ..tasks import available_tasks, describe_difficulties, get_task
 from ..utils import OneLineArgumentParser
-from ._config import (
-    AMP,
-    DEFAULT_DIFFICULTY,
-    DEFAULT_MODEL,
-    DEFAULT_STEPS,
-    DEVICES,
-    MODES,
-    TASKS,
-    TrainConfig,
-    load_config,
-)
+from ._choices import AMP, DEFAULT_STEPS, DEVICES, MODES
+from ._config import TrainConfig, load_config
 from ._files import CONFIG
 from ._loop import train
 
@@ -62,16 +54,19 @@ _SHORTCUTS = {
     "amp": str,
 }
 
-# Closed sets of valid values (TrainConfig refuses anything else). Solvers and models are
-# open: solvers can be registered (deqkit.solvers.register), models named
-# "package.module:factory"; their help lists the built-ins instead.
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "task": TASKS,
-    "mode": MODES,
-    "backward": tuple(available_gradients()),
-    "device": DEVICES,
-    "amp": AMP,
-}
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Closed sets of valid values (TrainConfig refuses anything else), read when the parser
+    is built (tasks registered by then are among them). Solvers and models are open:
+    solvers can be registered (deqkit.solvers.register), models named
+    "package.module:factory"; their help lists the built-ins instead."""
+    return {
+        "task": tuple(available_tasks()),
+        "mode": MODES,
+        "backward": tuple(available_gradients()),
+        "device": DEVICES,
+        "amp": AMP,
+    }
 
 
 def _default(name: str) -> Any:
@@ -92,14 +87,16 @@ def _help() -> dict[str, str]:
     deq = {k: v.default for k, v in inspect.signature(DEQ).parameters.items()}
     solvers = ", ".join(available_solvers())
     models = ", ".join(available_models())
+    procedural = available_tasks(procedural=True)
+    specs = [get_task(n) for n in available_tasks()]
     return {
-        "task": "task to train on: %(choices)s (procedural: prefix_sums, mazes; the others "
-        f"are data sets) (default: {_default('task')})",
-        "difficulty": "training difficulty of a procedural task, a positive integer: string "
-        "length (prefix_sums), cells per side k (mazes); not for data sets (default: "
-        f"{_by_value(DEFAULT_DIFFICULTY)})",
+        "task": f"task to train on: %(choices)s (procedural: {', '.join(procedural)}; the "
+        f"others are data sets) (default: {_default('task')})",
+        "difficulty": "training difficulty of a procedural task, a positive integer: "
+        f"{describe_difficulties()}; not for data sets (default: "
+        f"{_by_value({t.name: t.default_difficulty for t in specs if t.procedural})})",
         "model": f"model to train: {models}, or 'package.module:factory' for your own "
-        f"(default: the task's: {_by_value(DEFAULT_MODEL)})",
+        f"(default: the task's: {_by_value({t.name: t.default_model for t in specs})})",
         "mode": "deq (solve for the fixed point) or recurrent (a fixed number of weight-tied "
         f"iterations, progressive loss) (default: {_default('mode')})",
         "solver": f"forward solver: {solvers}, or a name registered with "
@@ -160,14 +157,14 @@ def build_parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParse
         "config is read from RUN_DIR/config.json; without RUN_DIR, the run in --out-dir "
         "(or the config's out_dir) (default: start a fresh run)",
     )
-    helps = _help()
+    helps, choices = _help(), _choices()
     for name, kind in _SHORTCUTS.items():
         p.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             type=kind,
             default=None,
-            choices=_CHOICES.get(name),
+            choices=choices.get(name),
             metavar=name.upper(),
             help=helps[name],
         )

@@ -10,97 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._validate import choice, flag, integer, invalid, real
-from ..nn import DEQ, Recipe
+from ..nn import Recipe
+from ..tasks import Task, get_task
+from ._checks import validate
+from ._choices import RECIPE_FIELDS, RESUMABLE_FIELDS, SOLVER_OVERRIDES
 
 __all__ = ["RESUMABLE_FIELDS", "TrainConfig", "load_config"]
-
-PROCEDURAL_TASKS = ("prefix_sums", "mazes")
-DATASET_TASKS = ("digits", "mnist_subset", "mnist1d", "mnist", "fashion_mnist", "cifar10")
-LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")
-TASKS = PROCEDURAL_TASKS + DATASET_TASKS
-DEFAULT_DIFFICULTY = {"prefix_sums": 16, "mazes": 9}
-MIN_DIFFICULTY = {"prefix_sums": 1, "mazes": 2}
-DEFAULT_MODEL = {
-    "prefix_sums": "recall1d",
-    "mazes": "recall2d",
-    "digits": "deq_conv",
-    "mnist_subset": "deq_conv",
-    "mnist": "deq_conv",
-    "fashion_mnist": "deq_conv",
-    "cifar10": "deq_conv",
-    "mnist1d": "deq_mlp",
-}
-# Arguments of a task's default model unless given: the recall networks of every measured
-# prefix-sum and maze configuration use group norm (docs/results.md, experiments/training).
-DEFAULT_MODEL_KWARGS: dict[str, dict[str, Any]] = {
-    "prefix_sums": {"norm_groups": 4},
-    "mazes": {"norm_groups": 4},
-}
-DEFAULT_STEPS = 1000
-DEFAULT_EVAL_SIZE = 1000
-MODES = ("deq", "recurrent")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-AMP = ("none", "bf16")
-DTYPES = ("float32", "float64")
-DIST_BACKENDS = ("auto", "gloo", "nccl")
-
-# Fields a resumed run may change: they do not alter the optimisation trajectory up to the
-# checkpoint. ``steps`` and ``epochs`` would bend a cosine schedule from there on, so
-# train() refuses a new step count for a cosine run past its warm-up (constant: allowed).
-RESUMABLE_FIELDS = frozenset(
-    {
-        "steps",
-        "epochs",
-        "eval_every",
-        "eval_size",
-        "eval_batch_size",
-        "eval_difficulties",
-        "checkpoint_every",
-        "log_every",
-        "out_dir",
-        "device",
-        "compile",
-        "dist_backend",
-    }
-)
-
-# Settings of the DEQ solve; in recurrent mode they must stay at their defaults (only
-# ``max_iter`` is used there, as the evaluation iteration count).
-# Config fields of the training recipes -> the deqkit.nn.Recipe fields they set.
-_RECIPE_FIELDS = {
-    "jac_penalty": "jac_weight",
-    "jac_samples": "jac_samples",
-    "jac_every": "jac_every",
-    "jac_start": "jac_start",
-    "jac_stop": "jac_stop",
-    "pretrain_steps": "pretrain_steps",
-    "pretrain_iters": "pretrain_iters",
-    "pretrain_solver": "pretrain_solver",
-    "pretrain_backward": "pretrain_gradient",
-    "correction": "correction",
-    "correction_gamma": "correction_gamma",
-    "init": "init",
-    "init_p": "init_p",
-    "init_scale": "init_scale",
-    "max_iter_jitter": "max_iter_jitter",
-    "weight_norm": "weight_norm",
-}
-_SOLVER_FIELDS = (
-    "solver",
-    "solver_options",
-    "tol",
-    "stop",
-    "backward",
-    "backward_options",
-    "backward_solver",
-    "backward_tol",
-    "backward_max_iter",
-    *_RECIPE_FIELDS,
-)
-_RECURRENT_FIELDS = ("train_iters", "progressive_alpha")
 
 
 def _is_int(value: Any) -> bool:
@@ -135,9 +50,9 @@ class TrainConfig:
             sets), ``deq_mlp`` (mnist1d).
         model_kwargs: Keyword arguments of the model builder (``width``, ...). Input
             channels and class counts are filled in from the task where the builder takes
-            them and they are not given; the task's default model also gets
-            ``DEFAULT_MODEL_KWARGS`` (recall networks: ``norm_groups=4``, as in every
-            measured configuration). Default ``{}``.
+            them and they are not given; the task's default model also gets its
+            :attr:`~deqkit.tasks.Task.default_model_kwargs` (recall networks:
+            ``norm_groups=4``, as in every measured configuration). Default ``{}``.
         dtype: ``"float32"`` (default) or ``"float64"``, for the parameters and inputs.
 
     Solver (``mode="deq"``): each setting given here is passed to every call of the model's
@@ -318,161 +233,45 @@ class TrainConfig:
                 set_(self, name, float(getattr(self, name)))
         if self.out_dir is not None and isinstance(self.out_dir, Path):
             set_(self, "out_dir", str(self.out_dir))
-        self._validate()
-
-    def _validate(self) -> None:
-        choice("task", self.task, TASKS)
-        procedural = self.task in PROCEDURAL_TASKS
-        if procedural:
-            integer("difficulty", self.difficulty, MIN_DIFFICULTY[self.task], optional=True)
-            for d in self.eval_difficulties or ():
-                integer("eval_difficulties entry", d, MIN_DIFFICULTY[self.task], of=self.task)
-            if self.eval_difficulties is not None and not self.eval_difficulties:
-                raise ValueError("eval_difficulties must not be empty (None means (difficulty,))")
-            if self.epochs is not None:
-                raise ValueError(
-                    f"epochs applies to data sets only; {self.task!r} draws a fresh batch every "
-                    "step: set steps instead"
-                )
-        else:
-            for name in ("difficulty", "eval_difficulties"):
-                if getattr(self, name) is not None:
-                    raise ValueError(
-                        f"{name} applies to prefix_sums and mazes only, got {name}="
-                        f"{getattr(self, name)!r} for task {self.task!r}"
-                    )
-        if (self.task in LOCAL_DATASETS) != (self.data_root is not None):
-            need = "requires" if self.task in LOCAL_DATASETS else "does not take"
-            raise ValueError(f"task {self.task!r} {need} data_root (got {self.data_root!r})")
-        if self.model is not None and (not isinstance(self.model, str) or not self.model):
-            raise invalid("model", self.model, "a non-empty string or None")
-        choice("dtype", self.dtype, DTYPES)
-        choice("mode", self.mode, MODES)
-        self._validate_solver()
-        choice("optimizer", self.optimizer, OPTIMIZERS)
-        real("lr", self.lr, low=0.0, low_open=True)
-        real("weight_decay", self.weight_decay, low=0.0)
-        real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        if self.optimizer != "sgd" and self.momentum != 0.0:
-            raise ValueError(f"momentum applies to optimizer='sgd' only, got {self.momentum!r}")
-        choice("schedule", self.schedule, SCHEDULES)
-        integer("warmup_steps", self.warmup_steps, 0)
-        if self.grad_clip is not None:
-            real("grad_clip", self.grad_clip, low=0.0, low_open=True)
-        integer("steps", self.steps, 1, optional=True)
-        integer("epochs", self.epochs, 1, optional=True)
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError(
-                f"give steps or epochs, not both (got steps={self.steps}, epochs={self.epochs})"
-            )
-        integer("batch_size", self.batch_size, 1)
-        integer("augment_shift", self.augment_shift, 0)
-        if procedural and self.augment_shift:
-            raise ValueError(
-                f"augment_shift applies to data sets only; {self.task!r} draws a fresh batch "
-                f"every step (got augment_shift={self.augment_shift})"
-            )
-        integer("log_every", self.log_every, 1)
-        for name in ("eval_every", "eval_size", "eval_batch_size", "checkpoint_every"):
-            integer(name, getattr(self, name), 1, optional=True)
-        integer("seed", self.seed, 0)
-        if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
-            raise invalid("out_dir", self.out_dir, "a non-empty path or None")
-        choice("device", self.device, DEVICES)
-        choice("amp", self.amp, AMP)
-        flag("compile", self.compile)
-        choice("dist_backend", self.dist_backend, DIST_BACKENDS)
-        if self.compile and self.jac_penalty > 0:
-            raise ValueError(
-                "compile=True cannot be combined with jac_penalty > 0: the penalty "
-                "differentiates a vector-Jacobian product of f (double backward), which "
-                "torch.compile's AOTAutograd does not support"
-            )
-
-    def _validate_solver(self) -> None:
-        integer("max_iter", self.max_iter, 1, optional=True)
-        # The DEQ checks these too (below); here they are named as the config names them.
-        real("tol", self.tol, 0.0, low_open=True, optional=True)
-        choice("stop", self.stop, ("abs", "rel"), optional=True)
-        real("backward_tol", self.backward_tol, 0.0, low_open=True, optional=True)
-        integer("backward_max_iter", self.backward_max_iter, 1, optional=True)
-        defaults = {f.name: f for f in dataclasses.fields(self)}
-
-        def default(name: str) -> Any:
-            f = defaults[name]
-            return (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            )
-
-        if self.mode == "recurrent":
-            changed = [n for n in _SOLVER_FIELDS if getattr(self, n) != default(n)]
-            if changed:
-                raise ValueError(
-                    f"{', '.join(changed)} apply to mode='deq' only; mode='recurrent' runs "
-                    "train_iters weight-tied iterations (max_iter sets the evaluation count)"
-                )
-            integer("train_iters", self.train_iters, 1)
-            real("progressive_alpha", self.progressive_alpha, low=0.0, high=1.0)
-            return
-        changed = [n for n in _RECURRENT_FIELDS if getattr(self, n) != default(n)]
-        if changed:
-            raise ValueError(f"{', '.join(changed)} apply to mode='recurrent' only")
-        real("jac_penalty", self.jac_penalty, low=0.0)
-        integer("jac_samples", self.jac_samples, 1)
-        try:
-            self.recipe()
-        except (TypeError, ValueError) as err:
-            message = str(err).replace("Recipe ", "").replace("jac_weight", "jac_penalty")
-            raise type(err)(message.replace("pretrain_gradient", "pretrain_backward")) from err
-        try:
-            # The DEQ validates its own settings; a throwaway layer checks them here, where
-            # the config is built, rather than at the first training step (settings left to
-            # the model are checked with the DEQ defaults in their place).
-            DEQ(_identity, **self.solver_overrides())
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"invalid solver settings: {err}") from err
+        validate(self)
 
     def recipe_fields(self) -> list[str]:
         """The recipe fields set away from their defaults (they need an equilibrium model)."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        return [n for n in _RECIPE_FIELDS if getattr(self, n) != defaults[n]]
+        return [n for n in RECIPE_FIELDS if getattr(self, n) != defaults[n]]
 
     def recipe(self) -> Recipe:
         """The training recipes these fields describe, as a :class:`deqkit.nn.Recipe`."""
-        return Recipe(**{field: getattr(self, name) for name, field in _RECIPE_FIELDS.items()})
+        return Recipe(**{field: getattr(self, name) for name, field in RECIPE_FIELDS.items()})
 
     def solver_overrides(self) -> dict[str, Any]:
         """The DEQ settings given (not ``None``): overrides for every call in deq mode."""
-        names = (
-            "solver",
-            "solver_options",
-            "tol",
-            "max_iter",
-            "stop",
-            "backward",
-            "backward_options",
-            "backward_solver",
-            "backward_tol",
-            "backward_max_iter",
-        )
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        return {n: getattr(self, n) for n in SOLVER_OVERRIDES if getattr(self, n) is not None}
+
+    @property
+    def task_spec(self) -> Task:
+        """The registry entry of ``task`` (:func:`deqkit.tasks.get_task`): its generator or
+        loader, default model, difficulty range and metric."""
+        return get_task(self.task)
 
     @property
     def procedural(self) -> bool:
         """Whether the task draws a fresh batch every step (prefix sums, mazes)."""
-        return self.task in PROCEDURAL_TASKS
+        return self.task_spec.procedural
 
     @property
     def model_name(self) -> str:
         """``model``, or the task's default model."""
-        return self.model if self.model is not None else DEFAULT_MODEL[self.task]
+        return self.model if self.model is not None else self.task_spec.default_model
 
     @property
     def train_difficulty(self) -> int | None:
         """``difficulty``, or the task's default; ``None`` for data sets."""
         if not self.procedural:
             return None
-        return self.difficulty if self.difficulty is not None else DEFAULT_DIFFICULTY[self.task]
+        if self.difficulty is not None:
+            return self.difficulty
+        return self.task_spec.default_difficulty
 
     @property
     def eval_levels(self) -> tuple[int | None, ...]:
@@ -535,7 +334,3 @@ def load_config(path: str | Path) -> TrainConfig:
     else:
         raise ValueError(f"config file must end in .json or .toml, got {str(path)!r}")
     return TrainConfig.from_dict(data)
-
-
-def _identity(z, x):
-    return z

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from .. import tasks
-from ._config import DEFAULT_EVAL_SIZE, DEFAULT_STEPS, TrainConfig
+from ._choices import DEFAULT_EVAL_SIZE, DEFAULT_STEPS
+from ._config import TrainConfig
 
 __all__ = ["Data", "mix_seed"]
 
@@ -43,7 +44,8 @@ class Data:
     global batch of step ``step``, :meth:`eval_set` the fixed evaluation set, :meth:`correct`
     the per-sample score. Everything is on the CPU.
 
-    Procedural tasks (``prefix_sums``, ``mazes``) draw sample ``i`` of step ``s`` from a
+    What the task is comes from its registry entry (:attr:`TrainConfig.task_spec`).
+    Procedural tasks (``prefix_sums``, ``mazes``) draw sample ``i`` of step ``s`` from their
     generator seeded with ``(seed, s, i)``: inputs ``x [n, 1, L]`` / ``[n, 3, H, W]``,
     targets ``y [n, L]`` / ``[n, H, W]``, ``num_classes == 2``. Data sets (``digits``, ...)
     load once, shuffle their training split once per epoch with a generator seeded with
@@ -57,9 +59,11 @@ class Data:
     Attributes:
         config: That config.
         task: ``config.task``.
+        spec: Its :class:`~deqkit.tasks.Task`.
         dataset: The loaded :class:`~deqkit.tasks.ClassificationData`, ``None`` for a
             procedural task.
-        num_classes: Classes of the targets (2 for procedural tasks: bit / on the path).
+        num_classes: Classes of the targets (the task's, 2 for prefix sums and mazes: bit /
+            on the path).
 
     Raises:
         ValueError: ``config.batch_size`` exceeds the training split of a data set.
@@ -70,9 +74,10 @@ class Data:
         self.task = config.task
         self._perm: tuple[int, Tensor] | None = None
         self._eval_cache: dict[tuple[int | None, int], tuple[Tensor, Tensor]] = {}
-        if config.procedural:
+        self.spec = config.task_spec
+        if self.spec.procedural:
             self.dataset = None
-            self.num_classes = 2
+            self.num_classes = self.spec.num_classes
         else:
             self.dataset = tasks.load_dataset(config.task, root=config.data_root)
             self.num_classes = self.dataset.num_classes
@@ -113,7 +118,7 @@ class Data:
         """Samples ``lo .. hi - 1`` of the global batch of step ``step`` (from 0), on CPU."""
         c = self.config
         if self.dataset is None:
-            make = tasks.prefix_sums if self.task == "prefix_sums" else tasks.mazes
+            make = self.spec.generate
             diff = c.train_difficulty
             parts = [
                 make(1, diff, seed=mix_seed(c.seed, TRAIN_STREAM, step, i)) for i in range(lo, hi)
@@ -163,9 +168,8 @@ class Data:
             n = n if n is not None else (c.eval_size or DEFAULT_EVAL_SIZE)
             key = (difficulty, n)
             if key not in self._eval_cache:
-                make = tasks.prefix_sums if self.task == "prefix_sums" else tasks.mazes
                 seed = mix_seed(c.seed, EVAL_STREAM, difficulty)
-                self._eval_cache[key] = make(n, difficulty, seed=seed)
+                self._eval_cache[key] = self.spec.generate(n, difficulty, seed=seed)
             return self._eval_cache[key]
         if difficulty is not None:
             raise ValueError(
@@ -177,10 +181,9 @@ class Data:
         return self.dataset.x_test[:n], self.dataset.y_test[:n]
 
     def correct(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Per-sample correctness ``[n]`` (bool): exact match per string / maze, else top-1."""
-        if self.dataset is None:
-            return tasks.exact_match(logits, y)
-        return logits.argmax(dim=1) == y
+        """Per-sample correctness ``[n]`` (bool), the task's metric: exact match per string /
+        maze, top-1 for data sets."""
+        return self.spec.metric(logits, y)
 
     def model_hints(self) -> dict[str, Any]:
         """Shape facts a model builder may take: channels, features, classes, image size."""

@@ -1,4 +1,5 @@
-"""Process-group setup under ``torchrun``, device choice, and the few collectives we need."""
+"""Process-group setup under ``torchrun``, device choice, the few collectives we need, and
+the objective wrapped in ``DistributedDataParallel``."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._config import TrainConfig
 
-__all__ = ["Dist", "planned_world_size", "setup"]
+__all__ = ["Dist", "ddp", "planned_world_size", "setup"]
 
 
 @dataclass
@@ -121,3 +124,26 @@ def setup(config: TrainConfig) -> Dist:
             device_id=device if use_cuda else None,
         )
     return Dist(rank, world, local, device, owns)
+
+
+def ddp(objective: nn.Module, dist: Dist, x: Tensor, y: Tensor, step: int) -> nn.Module:
+    """``objective`` wrapped in ``DistributedDataParallel`` for a data-parallel run.
+
+    ``objective`` is a :class:`~deqkit.train.Objective` (its ``model`` is what trains). DDP
+    must look for unused parameters every step when some get no gradient (e.g. a
+    recall-free RecallNet's injection, whose DEQ start is detached); it warns when asked to
+    and finds none, so it is asked only when a dry run on ``x``/``y`` (a sample or two of
+    the step ``step`` batch, on the device) leaves a parameter without gradient. The dry
+    run's gradients are cleared and the buffers (batch-norm statistics) restored.
+    """
+    model = objective.model
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    model.train()
+    objective(x, y, torch.Generator().manual_seed(0), step)[0].backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            v.copy_(buffers[k])
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=bool(unused))

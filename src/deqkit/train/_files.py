@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import warnings
 from pathlib import Path
@@ -138,6 +139,14 @@ class MetricsLog:
     """Appends records to ``metrics.jsonl`` (all), ``metrics.csv`` (train), ``eval.csv``.
 
     Only the main process writes (``enabled``); every process keeps ``records``.
+
+    Durability: :meth:`append` writes a line and closes the file (the line is with the
+    operating system, so it survives the process being killed) but does not ``fsync``: that
+    costs about 1.5 ms per file on ext4, two files per logged step, against steps of a few
+    milliseconds. :meth:`sync` makes the files durable and runs at every checkpoint, which
+    holds the same records anyway: after a power cut, resuming rewrites the three files from
+    the checkpoint's records (:meth:`rewrite`, atomic), dropping the steps after it that the
+    run then redoes. So what a crash can cost is only what the resume redoes.
     """
 
     def __init__(self, folder: Path, records: list[dict[str, Any]], *, enabled: bool):
@@ -165,6 +174,7 @@ class MetricsLog:
             write_text_atomic(self.paths[kind], buf.getvalue())
 
     def append(self, record: dict[str, Any]) -> None:
+        """Keep ``record`` and append it to ``metrics.jsonl`` and to its CSV (by ``kind``)."""
         self.records.append(record)
         if not self.enabled:
             return
@@ -173,6 +183,15 @@ class MetricsLog:
         columns = TRAIN_COLUMNS if record["kind"] == "train" else EVAL_COLUMNS
         with open(self.paths[record["kind"]], "a", encoding="utf-8", newline="") as fh:
             csv.writer(fh, lineterminator="\n").writerow([_cell(record.get(c)) for c in columns])
+
+    def sync(self) -> None:
+        """``fsync`` the three files, so that every line appended so far survives a power cut."""
+        if not self.enabled:
+            return
+        for path in self.paths.values():
+            if path.exists():
+                with open(path, "ab") as fh:  # writable: Windows refuses fsync otherwise
+                    os.fsync(fh.fileno())
 
 
 def _json_line(record: dict[str, Any]) -> str:

@@ -1,11 +1,10 @@
-"""Building the model a config names, the training objective, and evaluation."""
+"""Building the model a config names, and the training objective."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,12 +13,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import models
-from .._validate import integer, real
 from ..nn import Packer
-from ._config import DEFAULT_MODEL_KWARGS, TrainConfig
+from ._config import TrainConfig
 from ._data import Data
 
-__all__ = ["Objective", "build", "evaluate", "is_equilibrium", "model_from_config"]
+__all__ = [
+    "Objective",
+    "autocast",
+    "build",
+    "check_amp",
+    "check_recipes",
+    "compile_cell",
+    "full_precision",
+    "is_equilibrium",
+    "model_from_config",
+]
 
 _EQUILIBRIUM_API = ("deq", "cell", "inject", "initial_state", "readout", "iterate")
 
@@ -75,7 +83,7 @@ def build(config: TrainConfig, data: Data) -> nn.Module:
     factory, target = _factory(config.model_name)
     kwargs = dict(config.model_kwargs)
     if config.model is None:  # the task's default model: its measured default arguments
-        kwargs = {**DEFAULT_MODEL_KWARGS.get(config.task, {}), **kwargs}
+        kwargs = {**config.task_spec.default_model_kwargs, **kwargs}
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):
@@ -124,7 +132,7 @@ def check_amp(config: TrainConfig, device: torch.device) -> None:
         raise ValueError(f"amp='bf16': {torch.cuda.get_device_name(device)} lacks bfloat16")
 
 
-def _full(t: Tensor) -> Tensor:
+def full_precision(t: Tensor) -> Tensor:
     """``t`` in float32 if autocast left it in a half type; float32/64 stay as they are."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
@@ -174,19 +182,19 @@ class Objective(nn.Module):
                 loss = models.progressive_loss(
                     model, x, y, c.train_iters, c.progressive_alpha, generator=generator
                 )
-                return _full(loss), None, None, None
+                return full_precision(loss), None, None, None
             if not self.equilibrium:
                 logits, info = model(x)
-                return F.cross_entropy(_full(logits), y), logits, info, None
+                return F.cross_entropy(full_precision(logits), y), logits, info, None
             plan = self.recipe.plan(step, model.deq, overrides=self.overrides, generator=generator)
             z0 = None
             if self.recipe.init != "zeros":
                 z0 = plan.initial_state(model.initial_state(x))
             logits, info = model(x, z0, **plan.overrides)
-            loss = F.cross_entropy(_full(logits), y)
+            loss = F.cross_entropy(full_precision(logits), y)
             if plan.overrides.get("correction"):
                 loss = loss + plan.correction_loss(
-                    info, lambda z: F.cross_entropy(_full(model.readout(z)), y)
+                    info, lambda z: F.cross_entropy(full_precision(model.readout(z)), y)
                 )
             penalty = None
             if plan.jac_weight > 0:
@@ -202,149 +210,23 @@ def _jacobian_penalty(model: nn.Module, x: Tensor, z_flat: Tensor, plan: Any) ->
     def f(z: Tensor) -> Tensor:
         return packer.pack(model.cell(packer.unpack(z), u)).to(z.dtype)
 
-    return _full(plan.jacobian_estimate(f, z_flat))
+    return full_precision(plan.jacobian_estimate(f, z_flat))
 
 
-@torch.no_grad()
-def evaluate_on(
-    model: nn.Module,
-    config: TrainConfig,
-    data: Data,
-    difficulty: int | None,
-    n: int | None = None,
-    *,
-    max_iter: int | None = None,
-    tol: float | None = None,
-    batch_size: int | None = None,
-) -> dict[str, Any]:
-    """:func:`evaluate` with a ready :class:`Data` (the training loop keeps one)."""
-    max_iter = integer("max_iter", max_iter, 1, optional=True)
-    tol = real("tol", tol, 0.0, low_open=True, optional=True)
-    if (max_iter is not None or tol is not None) and not is_equilibrium(model):
+def check_recipes(config: TrainConfig, model: nn.Module) -> None:
+    """Raise ``ValueError`` when ``config`` sets a training recipe and ``model`` is not an
+    equilibrium model (the recipes act on its DEQ)."""
+    recipe_fields = config.recipe_fields()
+    if recipe_fields and not is_equilibrium(model):
         raise ValueError(
-            f"max_iter and tol apply to equilibrium models, not {type(model).__name__}"
+            f"{', '.join(recipe_fields)} {'needs' if len(recipe_fields) == 1 else 'need'} "
+            "an equilibrium model (a DEQ); "
+            f"{config.model_name!r} is not one"
         )
-    if tol is not None and config.mode == "recurrent":
-        raise ValueError("tol applies to mode='deq' only (recurrent models run max_iter steps)")
-    bs = batch_size or config.eval_batch_size or config.batch_size
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    x_all, y_all = data.eval_set(difficulty, n)
-    equilibrium = is_equilibrium(model)
-    overrides = config.solver_overrides()
-    if max_iter is not None:
-        overrides["max_iter"] = max_iter
-    if tol is not None:
-        overrides["tol"] = tol
-    settings = getattr(getattr(model, "deq", None), "settings", None)
-    if config.mode == "recurrent":
-        budget = max_iter or config.max_iter or config.train_iters
-        used_tol = None
-    elif equilibrium:
-        budget = overrides.get("max_iter", getattr(settings, "max_iter", None))
-        used_tol = overrides.get("tol", getattr(settings, "tol", None))
-    else:
-        budget = used_tol = None
-    was_training = model.training
-    model.eval()
-    loss_sum = correct = 0.0
-    iters: list[Tensor] = []
-    residual: list[Tensor] = []
-    converged: list[Tensor] = []
-    try:
-        for lo in range(0, len(y_all), bs):
-            x = x_all[lo : lo + bs].to(device, dtype)
-            y = y_all[lo : lo + bs].to(device)
-            with autocast(config, device):
-                if config.mode == "recurrent":
-                    logits = model.iterate(x, budget, every=False)[-1]
-                    info = None
-                elif equilibrium:
-                    logits, info = model(x, **overrides)
-                else:
-                    logits, info = model(x)
-            logits = _full(logits)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item() / math.prod(y.shape[1:])
-            correct += data.correct(logits, y).sum().item()
-            if info is not None:
-                iters.append(info.forward.iterations.cpu())
-                residual.append(info.forward.residual.float().cpu())
-                converged.append(info.forward.converged.cpu())
-    finally:
-        model.train(was_training)
-    count = len(y_all)
-    out: dict[str, Any] = {
-        "difficulty": difficulty,
-        "n": count,
-        "loss": loss_sum / count,
-        "accuracy": correct / count,
-        "iters_mean": None,
-        "iters_max": None,
-        "residual_mean": None,
-        "converged": None,
-        "max_iter": budget,
-        "tol": used_tol,
-    }
-    if config.mode == "recurrent":
-        out["iters_mean"] = out["iters_max"] = budget
-    elif iters:
-        it = torch.cat(iters).float()
-        out["iters_mean"] = it.mean().item()
-        out["iters_max"] = int(it.max().item())
-        out["residual_mean"] = torch.cat(residual).mean().item()
-        out["converged"] = torch.cat(converged).float().mean().item()
-    return out
 
 
-def evaluate(
-    model: nn.Module,
-    config: TrainConfig,
-    difficulty: int | None = None,
-    n: int | None = None,
-    *,
-    max_iter: int | None = None,
-    tol: float | None = None,
-    batch_size: int | None = None,
-) -> dict[str, Any]:
-    """Score ``model`` on the task of ``config``, with the solver budget as a knob.
-
-    Procedural tasks are scored on a fixed set of ``n`` samples at ``difficulty`` (drawn
-    from a generator seeded with ``(config.seed, difficulty)``, so every call and every
-    checkpoint of a run sees the same samples); data sets on (the first ``n`` samples of)
-    their test split. Runs under ``torch.no_grad()`` in eval mode, on the model's device and
-    dtype, with ``config.amp``.
-
-    Args:
-        model: A model built for ``config`` (e.g. from :func:`load_checkpoint`).
-        config: The run's :class:`TrainConfig`.
-        difficulty: String length (prefix sums) or maze size ``k``; default the training
-            difficulty. Must be ``None`` for data sets.
-        n: Number of samples; default ``config.eval_size`` (or 1000 / the whole test split).
-        max_iter: Forward budget for this evaluation (test-time compute); in recurrent mode
-            the number of iterations. Default ``config.max_iter``.
-        tol: Forward tolerance (deq mode). Default ``config.tol``.
-        batch_size: Default ``config.eval_batch_size`` or ``config.batch_size``.
-
-    Returns:
-        ``{"difficulty", "n", "loss", "accuracy", "iters_mean", "iters_max",
-        "residual_mean", "converged", "max_iter", "tol"}``: accuracy is exact match per
-        string / maze (top-1 for data sets), ``loss`` the mean cross-entropy per position,
-        ``converged`` the fraction of samples whose solve met ``tol``. Solver statistics are
-        ``None`` where they do not apply (explicit models; residuals in recurrent mode).
-
-    Raises:
-        ValueError: Invalid ``max_iter``/``tol``, or a difficulty the task does not take.
-    """
-    if difficulty is None and config.procedural:
-        difficulty = config.train_difficulty
-    return evaluate_on(
-        model,
-        config,
-        Data(config),
-        difficulty,
-        n,
-        max_iter=max_iter,
-        tol=tol,
-        batch_size=batch_size,
-    )
+def compile_cell(model: nn.Module) -> None:
+    """``torch.compile`` the cell ``f`` of an equilibrium model in place (``compile=True``)."""
+    if not is_equilibrium(model):
+        raise ValueError("compile=True compiles the cell f of an equilibrium model; this has none")
+    model.cell.compile()
