@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,6 +15,7 @@ from deqkit.bench import (
     ProblemSpec,
     Row,
     build_problem,
+    check_limit_targets,
     check_targets,
     default_problems,
     format_table,
@@ -21,7 +23,7 @@ from deqkit.bench import (
     run_solver_benchmark,
     write_report,
 )
-from deqkit.bench import solvers as bench_solvers
+from deqkit.bench import _run as bench_run
 
 TINY = (
     ProblemSpec("tiny-0.9", width=8, batch=3, norm=0.9),
@@ -99,6 +101,65 @@ def test_format_table(ours_rows):
     assert "| tiny-mixed | deqkit | broyden |" in table
 
 
+def test_rows_report_the_evaluation_only_limit(ours_rows):
+    for r in ours_rows:
+        assert r.limit_ms == pytest.approx(r.calls * r.f_ms)
+        assert r.limit_ratio == pytest.approx(r.time_ms / r.limit_ms)
+        assert r.overhead_share == pytest.approx(1 - r.limit_ms / r.time_ms)
+    head = format_table(ours_rows).splitlines()[0]
+    assert "| limit ms | time/limit | overhead share |" in head
+
+
+def test_limit_targets_without_torchdeq(ours_rows):
+    """Measured from deqkit's rows alone: the shapes of the targets are not in TINY (SKIP),
+    the comparison with plain iteration is PASS, FAIL or SKIP per problem."""
+    lines = check_limit_targets(ours_rows)
+    assert [line.split()[0] for line in lines[:2]] == ["SKIP", "SKIP"]
+    assert len(lines) == 2 + len(TINY)
+    assert all(line.split()[0] in ("PASS", "FAIL", "SKIP") for line in lines)
+    lines = check_limit_targets(ours_rows, wide=(8, 3, 1e9), narrow=(8, 4, 1e-9))
+    assert lines[0].startswith("PASS  anderson vs its evaluation-only limit on tiny-0.9")
+    assert lines[1].startswith("FAIL  anderson vs its evaluation-only limit on tiny-mixed")
+
+
+def _limit_row(solver: str, evals: int, time_ms: float, f_ms: float = 1.0, width: int = 256):
+    return Row(
+        problem="p",
+        impl="deqkit",
+        solver=solver,
+        width=width,
+        batch=64,
+        evals=evals,
+        calls=evals,
+        evals_to_tol=None,
+        converged=1.0,
+        checked=1.0,
+        time_ms=time_ms,
+        times_ms=(time_ms,),
+        f_ms=f_ms,
+        limit_ms=evals * f_ms,
+        overhead_share=1 - evals * f_ms / time_ms,
+    )
+
+
+@pytest.mark.parametrize(
+    ("anderson", "picard", "verdicts"),
+    [
+        ((10, 29.0), (12, 30.0), ["SKIP", "PASS", "PASS"]),  # 2.9x its limit, faster
+        ((10, 31.0), (10, 30.0), ["SKIP", "FAIL", "FAIL"]),  # 3.1x, slower at equal evals
+        ((13, 20.0), (12, 30.0), ["SKIP", "PASS", "SKIP"]),  # more evals: no comparison
+    ],
+)
+def test_limit_targets_pass_and_fail(anderson, picard, verdicts):
+    rows = [_limit_row("anderson", *anderson), _limit_row("picard", *picard)]
+    lines = check_limit_targets(rows)
+    assert [line.split()[0] for line in lines] == verdicts
+    wide = [_limit_row("anderson", 10, 11.4, width=1024), _limit_row("picard", 10, 11.0, 1.0)]
+    wide = [dataclasses.replace(r, batch=128, width=1024) for r in wide]
+    assert check_limit_targets(wide)[0].startswith("PASS")
+    assert check_limit_targets([dataclasses.replace(wide[0], time_ms=11.6)])[0].startswith("FAIL")
+
+
 def test_targets_skip_without_torchdeq(ours_rows):
     lines = check_targets(ours_rows)
     assert lines and all(line.startswith("SKIP") for line in lines)
@@ -141,7 +202,7 @@ def test_check_targets_pass_and_fail():
 
 
 def test_torchdeq_missing_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(bench_solvers, "torchdeq_available", lambda: False)
+    monkeypatch.setattr(bench_run, "torchdeq_available", lambda: False)
     with pytest.raises(ModuleNotFoundError, match="include_torchdeq=False"):
         run_solver_benchmark(_config())
 
@@ -202,6 +263,7 @@ def test_write_report(ours_rows, tmp_path):
     payload = json.loads(paths[1].read_text())
     assert len(payload["rows"]) == len(ours_rows) and payload["config"]["repeats"] == 1
     assert format_table(ours_rows) in paths[0].read_text()
+    assert "wall clock" in paths[0].read_text()
 
 
 @pytest.mark.parametrize(
@@ -213,6 +275,8 @@ def test_write_report(ours_rows, tmp_path):
         ({"max_iter": 1}, "max_iter"),
         ({"threads": 0}, "threads"),
         ({"problems": TINY + TINY[:1]}, "duplicate"),
+        ({"clock": "gpu"}, "clock"),
+        ({"clock": "cpu", "device": "cuda"}, "clock"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -227,3 +291,9 @@ def test_config_validation(kwargs, match):
 def test_problem_spec_validation(kwargs):
     with pytest.raises(ValueError):
         ProblemSpec("p", **kwargs)
+
+
+def test_cpu_clock_runs():
+    config = BenchConfig(problems=TINY[:1], repeats=2, max_iter=80, include_torchdeq=False)
+    rows = run_solver_benchmark(dataclasses.replace(config, clock="cpu", ours=("picard",)))
+    assert rows[0].time_ms > 0 and rows[0].f_ms > 0 and len(rows[0].times_ms) == 2

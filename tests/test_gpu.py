@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import zoo
 from torch import nn
 
 import deqkit
 from deqkit import Status, solve
+from deqkit import testing as zoo
 
 pytestmark = [
     pytest.mark.gpu,

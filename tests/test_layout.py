@@ -34,6 +34,7 @@ PUBLIC_PACKAGES = (
     "deqkit.models",
     "deqkit.nn",
     "deqkit.solvers",
+    "deqkit.testing",
     "deqkit.tasks",
     "deqkit.train",
 )

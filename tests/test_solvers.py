@@ -1,6 +1,6 @@
 """Fixed-point solvers: every solver over the problem zoo, batch semantics, budgets, errors.
 
-The zoo lives in ``tests/zoo.py``. Exactness checks run in float64 on small problems; the
+The zoo lives in :mod:`deqkit.testing`. Exactness checks run in float64 on small problems; the
 whole file runs in well under a minute on two CPU cores.
 """
 
@@ -13,12 +13,11 @@ import uuid
 
 import pytest
 import torch
-import zoo
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zoo import METHODS, Problem
 
 from deqkit import SolveError, SolveResult, Status, solve
+from deqkit import testing as zoo
 from deqkit.solvers import (
     Anderson,
     Broyden,
@@ -32,6 +31,7 @@ from deqkit.solvers import (
     where_active,
 )
 from deqkit.solvers import _loop as solver_loop
+from deqkit.testing import METHODS, Problem
 
 D = torch.float64
 PROBLEMS = zoo.all_problems()

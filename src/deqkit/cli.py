@@ -331,8 +331,8 @@ def _cmd_solve_bench(args: argparse.Namespace) -> int:
     with_torchdeq = bench.torchdeq_available()
     if not with_torchdeq:
         print(
-            "torchdeq is not installed: only deqkit's solvers run. "
-            "Install it with: pip install 'deqkit[bench]'",
+            "torchdeq is not installed: only deqkit's solvers run, and the targets against "
+            "torchdeq are skipped. Install it with: pip install 'deqkit[bench]'",
             file=sys.stderr,
         )
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
@@ -343,9 +343,10 @@ def _cmd_solve_bench(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         progress=not args.no_progress,
+        clock=args.clock,
     )
     rows = bench.run_solver_benchmark(config)
-    targets = bench.check_targets(rows)
+    targets = bench.check_targets(rows) + bench.check_limit_targets(rows)
     print(bench.format_table(rows))
     print()
     print("\n".join(targets))
@@ -360,6 +361,27 @@ def _add_bench_device(p: argparse.ArgumentParser) -> None:
         default="cpu",
         choices=["cpu", "cuda"],
         help="device to run on: %(choices)s (default: %(default)s)",
+    )
+
+
+def _add_bench_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads for the run, a positive integer; 1 makes timings far less "
+        "sensitive to other processes (default: leave torch's setting)",
+    )
+
+
+def _add_bench_clock(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="what every time of the run is measured on: %(choices)s; wall is elapsed time, "
+        "cpu is this process's CPU time, which leaves out the time other processes had the "
+        "core (steadier on a shared machine; --device cpu only) (default: %(default)s)",
     )
 
 
@@ -385,13 +407,8 @@ def _add_solve_bench(sub) -> None:
         help="output folder for solver_bench.md, .json and .png plots (default: %(default)s)",
     )
     _add_bench_device(p)
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch CPU threads for the run, a positive integer; 1 makes timings far less "
-        "sensitive to other processes (default: leave torch's setting)",
-    )
+    _add_bench_threads(p)
+    _add_bench_clock(p)
     p.add_argument(
         "--no-progress",
         action="store_true",
@@ -404,13 +421,22 @@ def _cmd_mem_bench(args: argparse.Namespace) -> int:
     from . import bench
     from .bench.memory import rows_to_json
 
+    with_torchdeq = bench.torchdeq_available()
+    if not with_torchdeq:
+        print(
+            "torchdeq is not installed: its DEQ is not run, and the targets against it are "
+            "skipped. Install it with: pip install 'deqkit[bench]'",
+            file=sys.stderr,
+        )
     cfg = bench.MemoryConfig(
         iterations=tuple(args.iterations),
         width=args.width,
         batch=args.batch,
         repeats=args.repeats,
         device=args.device,
-        include_torchdeq=bench.torchdeq_available(),
+        include_torchdeq=with_torchdeq,
+        clock=args.clock,
+        threads=args.threads,
     )
     rows = bench.run_memory_benchmark(cfg)
     table = bench.format_memory_table(rows)
@@ -431,7 +457,11 @@ def _cmd_mem_bench(args: argparse.Namespace) -> int:
 
 
 def _add_mem_bench(sub) -> None:
-    p = sub.add_parser("mem-bench", help="peak memory of a training step against iterations")
+    p = sub.add_parser(
+        "mem-bench",
+        help="peak memory and time of a training step against iterations, with the implicit "
+        "and the phantom gradient, against torchdeq",
+    )
     p.add_argument(
         "--iterations",
         type=_ints,
@@ -454,8 +484,8 @@ def _add_mem_bench(sub) -> None:
         "--repeats",
         type=_positive_int,
         default=5,
-        help="timed repeats per method and iteration count, median reported, a positive "
-        "integer (default: %(default)s)",
+        help="timed steps per method and iteration count, interleaved across methods, median "
+        "reported, a positive integer (default: %(default)s)",
     )
     _add_bench_device(p)
     p.add_argument(
@@ -463,6 +493,8 @@ def _add_mem_bench(sub) -> None:
         default="bench-out",
         help="output folder for mem_bench.json, .png and .md (default: %(default)s)",
     )
+    _add_bench_threads(p)
+    _add_bench_clock(p)
     p.set_defaults(func=_cmd_mem_bench)
 
 

@@ -1,9 +1,12 @@
 """Benchmarks of deqkit against other libraries, as library code the CLI and scripts call.
 
 :mod:`deqkit.bench.solvers` runs deqkit's fixed-point solvers and torchdeq's (an optional
-extra, ``pip install deqkit[bench]``) side by side on the same problems in one process;
-:mod:`deqkit.bench.memory` measures peak memory and time of one DEQ training step against
-unrolled and explicit networks (and torchdeq's DEQ) as the number of iterations grows.
+extra, ``pip install deqkit[bench]``) side by side on the same problems in one process, and
+measures each solve against its evaluation-only limit (``calls x`` one evaluation of ``f``);
+:mod:`deqkit.bench.memory` measures peak memory and time of one DEQ training step, with the
+implicit and the phantom gradient, against torchdeq's DEQ at the same iteration counts and
+against unrolled and explicit networks, as the number of iterations grows. Each states its
+targets as ``PASS``/``FAIL``/``SKIP`` lines; the problems come from :mod:`deqkit.testing`.
 """
 
 from .memory import (
@@ -21,6 +24,7 @@ from .solvers import (
     ProblemSpec,
     Row,
     build_problem,
+    check_limit_targets,
     check_targets,
     default_problems,
     format_table,
@@ -43,6 +47,7 @@ __all__ = [
     "ProblemSpec",
     "Row",
     "build_problem",
+    "check_limit_targets",
     "check_targets",
     "default_problems",
     "format_table",

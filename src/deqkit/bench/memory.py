@@ -1,4 +1,5 @@
-"""Memory benchmark: one training step of a DEQ against unrolled and explicit networks.
+"""Memory and step-time benchmark: one DEQ training step against torchdeq's, unrolled and
+explicit networks.
 
 Peak memory is measured exactly, on any device, as the peak of live tensor storage
 allocated during the step (forward and backward), tracked by a ``TorchDispatchMode``: every
@@ -9,7 +10,6 @@ storage an operator creates is counted until it is freed. On CUDA the allocator'
 from __future__ import annotations
 
 import statistics
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,8 +20,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
 from .._io import new_figure, save_figure, write_json_atomic
-from .._validate import integer, invalid
-from ..nn import DEQ, Implicit
+from .._validate import choice, integer, invalid
+from ..nn import DEQ, Implicit, Phantom
+from ..testing import TanhCell
+from ._run import torchdeq_available
+from ._timing import CLOCKS, clock, sync
 
 __all__ = [
     "MemoryConfig",
@@ -68,36 +71,24 @@ class PeakMemory(TorchDispatchMode):
         return out
 
 
-class TanhCell(nn.Module):
-    """``f(z, x) = tanh(W z + U x + b)`` with ``||W||_2 = gain``: the benchmark's layer."""
-
-    def __init__(self, width: int, gain: float = 0.9, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        W = torch.randn(width, width, generator=g) / width**0.5
-        self.W = nn.Parameter(W * gain / torch.linalg.matrix_norm(W, 2))
-        self.U = nn.Parameter(torch.randn(width, width, generator=g) / width**0.5)
-        self.b = nn.Parameter(torch.zeros(width))
-
-    def forward(self, z: Tensor, x: Tensor) -> Tensor:
-        return torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
-
-    def initial_state(self, x: Tensor) -> Tensor:
-        return torch.zeros_like(x)
-
-
 @dataclass(frozen=True)
 class MemoryConfig:
     """Settings of :func:`run_memory_benchmark`.
 
     Attributes:
-        iterations: Forward iteration counts to sweep. Default ``(5, 10, 20, 40, 80)``.
+        iterations: Forward iteration counts to sweep (the adjoint solve of the implicit
+            gradients runs as many). Default ``(5, 10, 20, 40, 80)``.
         width: Layer width. Default ``256``.
         batch: Batch size. Default ``64``.
-        repeats: Timed repeats per cell (median reported). Default ``5``.
+        repeats: Timed steps per method and iteration count, interleaved across methods
+            (median reported). Default ``5``.
         include_torchdeq: Also run torchdeq's DEQ when it is installed. Default ``True``.
         device: ``"cpu"`` or ``"cuda"``. Default ``"cpu"``.
         seed: Seed of the weights and data. Default ``0``.
+        clock: ``"wall"`` (elapsed time, default) or ``"cpu"`` (this process's CPU time,
+            steadier on a shared machine; CPU device only).
+        threads: ``torch.set_num_threads`` for the run (restored afterwards), or ``None`` to
+            leave it. Default ``None``.
     """
 
     iterations: Sequence[int] = (5, 10, 20, 40, 80)
@@ -107,6 +98,8 @@ class MemoryConfig:
     include_torchdeq: bool = True
     device: str = "cpu"
     seed: int = 0
+    clock: str = "wall"
+    threads: int | None = None
 
     def __post_init__(self):
         if isinstance(self.iterations, str | bytes) or not self.iterations:
@@ -115,6 +108,10 @@ class MemoryConfig:
             integer("iterations entry", k, 1)
         for name in ("width", "batch", "repeats"):
             integer(name, getattr(self, name), 1)
+        integer("threads", self.threads, 1, optional=True)
+        choice("clock", self.clock, CLOCKS)
+        if self.clock == "cpu" and torch.device(self.device).type != "cpu":
+            raise invalid("clock", self.clock, "'wall' on an accelerator")
 
 
 @dataclass
@@ -129,18 +126,25 @@ class MemoryRow:
     note: str = field(default="")
 
 
-def _methods(cfg: MemoryConfig, n: int) -> dict[str, Callable[[Tensor], Tensor]]:
-    """Training-step closures ``x -> loss`` for every compared method at ``n`` iterations."""
+_Step = tuple[Callable[[Tensor], Tensor], list[Tensor]]
+
+
+def _methods(cfg: MemoryConfig, n: int, torchdeq: bool) -> dict[str, _Step]:
+    """``name -> (x -> loss, parameters)`` for every compared method at ``n`` iterations.
+
+    The DEQs (deqkit's and torchdeq's) share one layer; each runs exactly ``n`` forward
+    iterations of Anderson (no early stop) and, with the implicit gradient, ``n`` adjoint
+    iterations; the phantom gradients take 5 damped steps with ``tau = 0.5`` in both.
+    """
     cell = TanhCell(cfg.width, seed=cfg.seed).to(cfg.device)
+    params = list(cell.parameters())
     tiny = 1e-30  # no early stop: every method runs exactly n forward iterations
-    ours = DEQ(
+    implicit = DEQ(
         cell, solver="anderson", tol=tiny, max_iter=n, backward=Implicit(tol=tiny, max_iter=n)
     )
+    phantom = DEQ(cell, solver="anderson", tol=tiny, max_iter=n, backward=Phantom(k=5, tau=0.5))
     layers = nn.ModuleList(TanhCell(cfg.width, seed=cfg.seed + i) for i in range(n))
     layers = layers.to(cfg.device)
-
-    def deqkit_implicit(x):
-        return ours(x)[0].square().mean()
 
     def unrolled(x):
         z = cell.initial_state(x)
@@ -154,31 +158,29 @@ def _methods(cfg: MemoryConfig, n: int) -> dict[str, Callable[[Tensor], Tensor]]
             z = layer(z, x)
         return z.square().mean()
 
-    out = {
-        "deqkit implicit": deqkit_implicit,
-        "unrolled (tied)": unrolled,
-        "explicit (untied)": explicit,
+    out: dict[str, _Step] = {
+        "deqkit implicit": (lambda x: implicit(x)[0].square().mean(), params),
+        "deqkit phantom": (lambda x: phantom(x)[0].square().mean(), params),
+        "unrolled (tied)": (unrolled, params),
+        "explicit (untied)": (explicit, list(layers.parameters())),
     }
-    if cfg.include_torchdeq:
-        try:
-            from torchdeq import get_deq
-        except ImportError:
-            return out
-        theirs = get_deq(
-            ift=True,
-            f_solver="anderson",
-            f_max_iter=n,
-            f_tol=tiny,
-            b_solver="anderson",
-            b_max_iter=n,
-            b_tol=tiny,
-        )
+    if torchdeq:
+        from torchdeq import get_deq
 
-        def torchdeq_implicit(x):
-            z, _ = theirs(lambda z: cell(z, x), torch.zeros_like(x))
-            return z[-1].square().mean()
+        budget = {"f_solver": "anderson", "f_max_iter": n, "f_tol": tiny}
+        theirs = {
+            "torchdeq implicit": get_deq(
+                ift=True, b_solver="anderson", b_max_iter=n, b_tol=tiny, **budget
+            ),
+            "torchdeq phantom": get_deq(ift=False, grad=5, tau=0.5, **budget),
+        }
+        for name, deq in theirs.items():
 
-        out["torchdeq implicit"] = torchdeq_implicit
+            def loss(x, deq=deq):
+                z, _ = deq(lambda z: cell(z, x), torch.zeros_like(x))
+                return z[-1].square().mean()
+
+            out[name] = (loss, params)
     return out
 
 
@@ -188,11 +190,15 @@ def _step(loss_fn: Callable[[Tensor], Tensor], x: Tensor, params: list[Tensor]) 
 
 
 def run_memory_benchmark(cfg: MemoryConfig | None = None) -> list[MemoryRow]:
-    """Peak memory and median time of one training step (forward + backward) per method.
+    """Peak memory and median time of one training step (forward, loss, backward) per method.
 
-    Methods: deqkit's DEQ (Anderson forward, implicit backward), the same weight-tied layer
-    unrolled with plain autograd, an explicit network of that depth with untied weights, and
-    torchdeq's DEQ with implicit gradient (when installed), each at every iteration count.
+    Methods: deqkit's DEQ (Anderson forward) with the implicit gradient (Anderson adjoint)
+    and with the phantom gradient, the same weight-tied layer unrolled with plain autograd,
+    an explicit network of that depth with untied weights, and torchdeq's DEQ with the
+    same two gradients (when installed and ``cfg.include_torchdeq``), each at every
+    iteration count. A step differentiates the loss with respect to the layer's parameters.
+    Peak memory comes from one step under :class:`PeakMemory`; the timed steps are
+    interleaved, every method once per round, so slow drift hits all methods alike.
 
     Args:
         cfg: Settings; default :class:`MemoryConfig()`.
@@ -201,30 +207,48 @@ def run_memory_benchmark(cfg: MemoryConfig | None = None) -> list[MemoryRow]:
         One :class:`MemoryRow` per method and iteration count.
     """
     cfg = cfg or MemoryConfig()
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_memory_benchmark(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_memory_benchmark(cfg: MemoryConfig) -> list[MemoryRow]:
+    torchdeq = cfg.include_torchdeq and torchdeq_available()
+    device = torch.device(cfg.device)
+    now = clock(cfg.clock)
     rows = []
     g = torch.Generator().manual_seed(cfg.seed)
-    x = torch.randn(cfg.batch, cfg.width, generator=g).to(cfg.device).requires_grad_()
+    x = torch.randn(cfg.batch, cfg.width, generator=g).to(cfg.device)
     for n in cfg.iterations:
-        for name, fn in _methods(cfg, int(n)).items():
-            params = [x]
+        methods = _methods(cfg, int(n), torchdeq)
+        peaks: dict[str, tuple[int, int | None]] = {}
+        for name, (fn, params) in methods.items():
             _step(fn, x, params)  # warm-up
-            if cfg.device == "cuda":
+            if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
             with PeakMemory() as mem:
                 _step(fn, x, params)
             cuda_peak = None
-            if cfg.device == "cuda":
+            if device.type == "cuda":
                 cuda_peak = torch.cuda.max_memory_allocated() - base
-            times = []
-            for _ in range(cfg.repeats):
-                t0 = time.perf_counter()
+            peaks[name] = (mem.peak, cuda_peak)
+        times: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(cfg.repeats):
+            for name, (fn, params) in methods.items():
+                sync(device)
+                t0 = now()
                 _step(fn, x, params)
-                if cfg.device == "cuda":
-                    torch.cuda.synchronize()
-                times.append((time.perf_counter() - t0) * 1e3)
-            rows.append(MemoryRow(name, int(n), mem.peak, statistics.median(times), cuda_peak))
+                sync(device)
+                times[name].append((now() - t0) * 1e3)
+        for name in methods:
+            peak, cuda_peak = peaks[name]
+            rows.append(MemoryRow(name, int(n), peak, statistics.median(times[name]), cuda_peak))
     return rows
 
 
@@ -247,30 +271,63 @@ def format_memory_table(rows: Sequence[MemoryRow]) -> str:
     return "\n".join(lines)
 
 
-def check_memory_targets(rows: Sequence[MemoryRow]) -> list[str]:
-    """PASS/FAIL lines for the targets: flat implicit memory (within 10%), no higher than
-    torchdeq's, unrolled baselines growing with iterations."""
-    by = {}
+def check_memory_targets(
+    rows: Sequence[MemoryRow], *, time_ratio: float = 0.8, at: Sequence[int] = (20, 80)
+) -> list[str]:
+    """``PASS``/``FAIL``/``SKIP`` lines for the memory and step-time targets.
+
+    1. Per gradient (implicit, phantom): deqkit's peak memory is flat in the iterations
+       (largest within 10% of the smallest) and no higher than torchdeq's at every
+       iteration count.
+    2. Per gradient and per iteration count in ``at``: deqkit's median step time is at most
+       ``time_ratio`` of torchdeq's (both measured in the same run, interleaved).
+    3. The unrolled baselines grow linearly with the iterations (``R^2 >= 0.98``).
+
+    Lines comparing with torchdeq are ``SKIP`` when it did not run.
+
+    Args:
+        rows: From :func:`run_memory_benchmark`.
+        time_ratio: Target 2's bound. Default ``0.8``.
+        at: Iteration counts of target 2. Default ``(20, 80)``.
+    """
+    peak: dict[str, dict[int, int]] = {}
+    step: dict[str, dict[int, float]] = {}
     for r in rows:
-        by.setdefault(r.method, {})[r.iterations] = r.peak_bytes
+        peak.setdefault(r.method, {})[r.iterations] = r.peak_bytes
+        step.setdefault(r.method, {})[r.iterations] = r.time_ms
     out = []
-    ours = by.get("deqkit implicit", {})
-    if ours:
-        lo, hi = min(ours.values()), max(ours.values())
-        ok = hi <= 1.10 * lo
-        out.append(
-            f"{'PASS' if ok else 'FAIL'}: deqkit implicit peak flat within 10% "
-            f"({lo / 2**20:.2f}-{hi / 2**20:.2f} MiB)"
-        )
-    theirs = by.get("torchdeq implicit", {})
-    if ours and theirs:
-        worse = [n for n in ours if n in theirs and ours[n] > theirs[n]]
-        out.append(
-            f"{'PASS' if not worse else 'FAIL'}: deqkit implicit <= torchdeq implicit "
-            f"at every iteration count{'' if not worse else f' (not at {worse})'}"
-        )
+    for grad in ("implicit", "phantom"):
+        ours, theirs = peak.get(f"deqkit {grad}", {}), peak.get(f"torchdeq {grad}", {})
+        if ours:
+            lo, hi = min(ours.values()), max(ours.values())
+            ok = hi <= 1.10 * lo
+            out.append(
+                f"{'PASS' if ok else 'FAIL'}: deqkit {grad} peak flat within 10% "
+                f"({lo / 2**20:.2f}-{hi / 2**20:.2f} MiB)"
+            )
+        if ours and theirs:
+            worse = [n for n in ours if n in theirs and ours[n] > theirs[n]]
+            out.append(
+                f"{'PASS' if not worse else 'FAIL'}: deqkit {grad} <= torchdeq {grad} peak "
+                f"at every iteration count{'' if not worse else f' (not at {worse})'}"
+            )
+        elif ours:
+            out.append(f"SKIP: deqkit {grad} vs torchdeq {grad} peak: torchdeq did not run")
+        mine, ref = step.get(f"deqkit {grad}", {}), step.get(f"torchdeq {grad}", {})
+        for n in at:
+            if n not in mine:
+                continue
+            if n not in ref:
+                out.append(f"SKIP: deqkit {grad} step time at {n} iterations: torchdeq did not run")
+                continue
+            ratio = mine[n] / ref[n]
+            out.append(
+                f"{'PASS' if ratio <= time_ratio else 'FAIL'}: deqkit {grad} step time at {n} "
+                f"iterations: {mine[n]:.1f} ms / torchdeq {ref[n]:.1f} ms = {ratio:.2f}, "
+                f"need <= {time_ratio:g}"
+            )
     for name in ("unrolled (tied)", "explicit (untied)"):
-        series = by.get(name, {})
+        series = peak.get(name, {})
         if len(series) >= 3:
             ns = sorted(series)
             slope, r2 = _linear_fit(ns, [series[n] for n in ns])

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._validate import assign, integer
-from ..solvers import Solver, SolveResult, check_budget, resolve, run, solve
+from ..solvers import Solver, SolveResult, check_budget, resolve, run
 from ._gradients import Gradient, make_gradient
 from ._state import Packer, State
 
@@ -307,7 +307,8 @@ class DEQ(nn.Module):
         z0_flat = packer.pack(z0, "z0").detach()
 
         def fx(z: Tensor) -> Tensor:
-            return packer.pack(self.f(packer.unpack(z), x)).to(z.dtype)
+            out = packer.pack(self.f(packer.unpack(z), x))
+            return out if out.dtype == z.dtype else out.to(z.dtype)
 
         params = _parametrized_tensors(self.f)
         cache = parametrize.cached() if params else contextlib.nullcontext()
@@ -323,22 +324,18 @@ class DEQ(nn.Module):
         return packer.unpack(z), info
 
     def _solve(self, fx, z0: Tensor, s: _Settings) -> tuple[Tensor, DEQInfo]:
+        # The settings were validated and the solver resolved once (_Settings): the loop
+        # runs directly, and only the per-call input z0 is checked.
+        _check_start(z0)
         recording = torch.is_grad_enabled()
         gradient: Gradient = s.gradient
         if gradient.unrolls and recording:
-            res = run(fx, z0, s.solver_obj, float(s.tol), s.stop, s.max_iter)
+            res = run(fx, z0, s.solver_obj, s.tol, s.stop, s.max_iter)
             info = DEQInfo(res)
             return gradient.attach(fx, res, s.bound, info), info
         want_iterates = recording and s.correction > 0
-        res = solve(
-            fx,
-            z0,
-            s.solver_obj,
-            tol=s.tol,
-            stop=s.stop,
-            max_iter=s.max_iter,
-            record_iterates=want_iterates,
-        )
+        with torch.no_grad():
+            res = run(fx, z0, s.solver_obj, s.tol, s.stop, s.max_iter, False, want_iterates)
         if not recording:
             return res.z, DEQInfo(res)
         corrections = []
@@ -348,6 +345,19 @@ class DEQ(nn.Module):
             corrections = [fx(res.iterates[i]) for i in picks.tolist()]
         info = DEQInfo(res, corrections)
         return gradient.attach(fx, res, s.bound, info), info
+
+
+def _check_start(z0: Tensor) -> None:
+    """Check a flat ``[B, N]`` start as :func:`deqkit.solve` does (settings aside).
+
+    Raises:
+        TypeError: ``z0`` is not floating point.
+        ValueError: ``z0`` contains NaN or inf.
+    """
+    if not z0.is_floating_point():
+        raise TypeError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    if not bool(torch.isfinite(z0).all()):
+        raise ValueError("z0 must be finite; it contains NaN or inf")
 
 
 def _explain_batch_mismatch(x: Any, batch: int, err: RuntimeError) -> None:

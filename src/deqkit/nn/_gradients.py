@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._validate import assign, integer, real
-from ..solvers import Solver, SolveResult, check_budget, resolve, solve
+from ..solvers import Solver, SolveResult, check_budget, resolve, run
 
 __all__ = [
     "GRADIENTS",
@@ -416,14 +416,14 @@ class ImplicitGrad(torch.autograd.Function):
             return torch.autograd.grad(fz, z, u, retain_graph=True)[0]
 
         with torch.enable_grad():
-            res = solve(
-                lambda u: vjp(u) + grad,
-                grad,
-                adj.solver,
-                tol=adj.tol,
-                stop=adj.stop,
-                max_iter=adj.max_iter,
-            )
+            # The adjoint settings were checked and its solver resolved once (bind), so
+            # the loop runs directly; only the incoming gradient is checked.
+            if not bool(torch.isfinite(grad).all()):
+                raise ValueError("z0 must be finite; it contains NaN or inf")
+            with torch.no_grad():
+                res = run(
+                    lambda u: vjp(u) + grad, grad, adj.solver, adj.tol, adj.stop, adj.max_iter
+                )
             u = res.z
             fell_back = None
             if adj.fallback is not None:

@@ -71,11 +71,13 @@ class Packer:
             )
         B = parts[0].shape[0]
         if len(parts) == 1:
-            return parts[0].reshape(B, -1)
+            return parts[0] if parts[0].dim() == 2 else parts[0].reshape(B, -1)
         return torch.cat([t.reshape(B, -1) for t in parts], dim=1)
 
     def unpack(self, flat: Tensor) -> State:
         """A ``[B, N]`` tensor back as a state shaped like the example."""
+        if not self.is_tuple:  # one tensor: a reshape (a view where memory allows)
+            return flat if flat.shape == self.shapes[0] else flat.reshape(self.shapes[0])
         sizes = [s[1:].numel() for s in self.shapes]
         parts = tuple(
             t.reshape(s) for t, s in zip(torch.split(flat, sizes, dim=1), self.shapes, strict=True)

@@ -143,6 +143,21 @@ class Evaluator:
     the bookkeeping. Which samples are active is the loop's alone (:meth:`set_active`, before
     every step; solvers read :attr:`active`): an evaluation is charged to every active sample,
     or, with ``charge``, to the active samples a solver's inner iteration still runs for.
+
+    Args:
+        f: The map, on tensors shaped like ``z0``.
+        z0: ``[B, ...]`` the starting point (its shape, dtype and device are used).
+        state_dtype: Dtype of the flat iterates the solver keeps.
+        stop: ``"abs"`` or ``"rel"``: what :attr:`Point.res` measures.
+        max_iter: The evaluation budget per sample.
+        host_checks_free: Whether reading a tensor's value on the host costs nothing (the
+            CPU): solvers may then branch on tensor values (``bool(mask.all())``) to skip
+            per-sample work. ``None`` (default): true on the CPU. On an accelerator a solver
+            must not synchronise inside a step.
+
+    Attributes:
+        host_checks_free: As given (resolved).
+        max_iter: As given.
     """
 
     def __init__(
@@ -152,6 +167,8 @@ class Evaluator:
         state_dtype: torch.dtype,
         stop: str,
         max_iter: int,
+        *,
+        host_checks_free: bool | None = None,
     ):
         self._f = f
         self.max_iter = max_iter
@@ -159,10 +176,35 @@ class Evaluator:
         self.in_dtype = z0.dtype
         self.dtype = state_dtype
         self.batch = z0.shape[0]
+        self._flat = z0.dim() == 2  # iterates are f's own shape: no view per evaluation
+        self.host_checks_free = (
+            z0.device.type == "cpu" if host_checks_free is None else bool(host_checks_free)
+        )
         self._rel = stop == "rel"
         self._eps = torch.finfo(state_dtype).tiny ** 0.5
-        self.nfev = torch.zeros(self.batch, dtype=torch.long, device=z0.device)
-        self.set_active(torch.ones(self.batch, dtype=torch.bool, device=z0.device))
+        self._nfev = torch.zeros(self.batch, dtype=torch.long, device=z0.device)
+        # Evaluations charged to every sample while every sample was active are counted
+        # here, on the host, and added to _nfev when it is read: one tensor operation less
+        # per evaluation, on any device. _uniform stays True while every evaluation so far
+        # was charged to every sample, so that every sample has used exactly _count.
+        self._pending = 0
+        self._count = 0
+        self._uniform = True
+        self.set_active(torch.ones(self.batch, dtype=torch.bool, device=z0.device), True)
+
+    @property
+    def nfev(self) -> Tensor:
+        """``[B]`` long, the evaluations charged to each sample so far."""
+        if self._pending:
+            self._nfev += self._pending
+            self._pending = 0
+        return self._nfev
+
+    @property
+    def uniform_count(self) -> int | None:
+        """The evaluations every sample has used, when every evaluation so far was charged
+        to every sample (read on the host, no synchronisation); else ``None``."""
+        return self._count if self._uniform else None
 
     @property
     def active(self) -> Tensor:
@@ -172,8 +214,9 @@ class Evaluator:
     def set_active(self, active: Tensor, all_active: bool = False) -> None:
         """The loop's: set the ``[B]`` mask of running samples before a step.
 
-        ``all_active`` is True only where the loop checked (for free, on the CPU) that every
-        sample is running, so that proposals need no per-sample select.
+        ``all_active`` is True only where the caller knows that every sample is running (the
+        loop checks it where that is free, on the CPU), so that proposals need no per-sample
+        select and evaluations are counted on the host.
         """
         self._active = active
         self.all_active = all_active
@@ -186,7 +229,8 @@ class Evaluator:
                 f"f must return a tensor shaped like z0: z0 has shape {tuple(self.shape)}, "
                 f"f returned shape {tuple(out.shape)}"
             )
-        return out.reshape(self.batch, -1).to(self.dtype)
+        out = out if self._flat else out.reshape(self.batch, -1)
+        return out if out.dtype == self.dtype else out.to(self.dtype)
 
     def _finish(self, z: Tensor, fz: Tensor) -> Point:
         g = fz - z
@@ -199,7 +243,12 @@ class Evaluator:
         return new if self.all_active else where_active(active, new, old)
 
     def _charge(self, charge: Tensor | None) -> None:
-        self.nfev += self._active if charge is None else self._active & charge
+        if charge is None and self.all_active:
+            self._pending += 1
+            self._count += 1
+            return
+        self._uniform = False
+        self.nfev.add_(self._active if charge is None else self._active & charge)
 
     def point(self, z: Tensor, charge: Tensor | None = None) -> Point:
         """Evaluate ``f`` at flat ``z`` (``[B, n]``).
@@ -209,7 +258,8 @@ class Evaluator:
         iteration (a Krylov solve, a line search) still runs for. ``f`` sees the whole batch
         either way.
         """
-        fz = self._check(self._f(z.view(self.shape).to(self.in_dtype)))
+        z_in = z if self._flat else z.view(self.shape)
+        fz = self._check(self._f(z_in if z.dtype == self.in_dtype else z_in.to(self.in_dtype)))
         self._charge(charge)
         return self._finish(z, fz)
 
@@ -252,8 +302,12 @@ class Solver:
       it does not change ``ev.active``, which is the loop's.
 
     A step must leave inactive samples where they are (pass the proposal through
-    ``ev.propose(active, proposal, p.z)`` before evaluating it) and should avoid host
-    synchronisation. A sample whose accepted point is non-finite is marked failed by the loop.
+    ``ev.propose(active, proposal, p.z)`` before evaluating it): on the CPU the loop takes
+    the returned point whole, without a per-sample select, once every running sample has
+    taken its step. A step should avoid host synchronisation where ``ev.host_checks_free``
+    is False (an accelerator); where it is True, a step may branch on tensor values to skip
+    per-sample work (Anderson's uniform path). A sample whose accepted point is non-finite
+    is marked failed by the loop.
 
     Subclass, give it a ``name`` and register it with :func:`deqkit.solvers.register` to make
     it available by name.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -225,12 +226,13 @@ def run(
         A :class:`SolveResult`, as :func:`solve` returns it.
     """
     state_dtype = torch.float32 if z0.dtype in (torch.float16, torch.bfloat16) else z0.dtype
-    ev = Evaluator(f, z0, state_dtype, stop, max_iter)
+    free = _host_checks_are_free(z0.device)
+    ev = Evaluator(f, z0, state_dtype, stop, max_iter, host_checks_free=free)
     p = ev.point(z0.reshape(ev.batch, -1).to(state_dtype))
     failed = ~torch.isfinite(p.gnorm)
     active = ~failed & (p.res > tol) & (ev.nfev < max_iter)
-    free = _host_checks_are_free(z0.device)
-    ev.set_active(active, free and bool(active.all()))
+    all_active = free and bool(active.all())
+    ev.set_active(active, all_active)
     best_z, best_res = p.z, p.res  # never modified in place
     start = p.z
     trace = [p.res.clone()] if record_trace else None
@@ -248,31 +250,64 @@ def run(
     # other checks ("did every sample take its step?") only let whole-batch cases skip
     # per-sample selects, cheaper than a synchronisation, so they run where reading is free.
     for step in range(max_iter - 1):  # every step charges each active sample at least once
-        if not bool(active.any()):
+        if not all_active and not bool(active.any()):
             break
         q, accept, state = solver.step(ev, p, active, state)
-        take = active if accept is None else active & accept
-        bad = take & ~torch.isfinite(q.gnorm)
-        failed |= bad
-        take = take & ~bad
-        if free and bool(take.all()):  # free check on the CPU: skip the selects
+        # Where every sample was running and took a finite step (the common case on the
+        # CPU, checked there for free), the per-sample selects are skipped: a handful of
+        # small operations per step instead of a dozen passes over [B, n].
+        fast = all_active and accept is None
+        if fast:
+            # A residual lower than the best one is finite (NaN compares False), so "every
+            # sample improved" also says that every sample's step is finite.
+            better = q.res < best_res
+            improved = bool(better.all())
+            fast = improved or math.isfinite(float(q.gnorm.detach().sum()))
+        if fast:
             p = q
+            if improved:
+                best_z, best_res = p.z, p.res
+            else:
+                best_z = where_active(better, p.z, best_z)
+                best_res = torch.where(better, p.res, best_res)
+            count = ev.uniform_count
+            if count is not None and count >= max_iter:
+                still = torch.zeros_like(active)
+            elif count is not None and float(p.res.detach().min()) > tol:
+                still = active  # every sample runs on (NaN fails >): the same mask
+            else:
+                still = p.res > tol
+                if count is None:
+                    still &= ev.nfev < max_iter
         else:
-            p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
-        better = take & (p.res < best_res)
-        if free and bool(better.all()):
-            best_z, best_res = p.z, p.res
-        else:
-            best_z = where_active(better, p.z, best_z)
-            best_res = torch.where(better, p.res, best_res)
+            take = active if accept is None else active & accept
+            bad = take & ~torch.isfinite(q.gnorm)
+            failed |= bad
+            take = take & ~bad
+            # Where every running sample took its step (checked for free on the CPU), q is
+            # the new point for all: a stopped sample's proposal is its own z (the solver
+            # contract, ev.propose), so it stays where it stopped without a select.
+            if free and bool((take | ~active).all()):
+                p = q
+            else:
+                p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
+            better = take & (p.res < best_res)
+            if free and bool(better.all()):
+                best_z, best_res = p.z, p.res
+            else:
+                best_z = where_active(better, p.z, best_z)
+                best_res = torch.where(better, p.res, best_res)
+            still = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)
         if trace is not None:
             trace.append(torch.where(active, p.res, torch.nan))
         if iterates is not None:
             iterates.append(p.z)
         if on_step is not None:
             on_step(step + 1, p.z, p.res, best_z, best_res)
-        active = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)
-        ev.set_active(active, free and bool(active.all()))
+        if still is not active:
+            all_active = free and bool(still.all())
+        active = still
+        ev.set_active(active, all_active)
     converged = best_res <= tol
     status = torch.where(
         converged,
