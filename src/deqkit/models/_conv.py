@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +129,10 @@ class VariationalDropout(nn.Module):
 
 
 class _Branch(nn.Module):
-    """MDEQ residual block with injection: ``relu(gn(gn(conv(drop(relu(gn(conv z))))) + u) + z))``."""
+    """MDEQ residual block with injection and dropout.
+
+    ``relu(gn(gn(conv(drop(relu(gn(conv z))))) + u) + z))``.
+    """
 
     def __init__(self, channels: int, groups: int, dropout: float = 0.0):
         super().__init__()
