@@ -118,7 +118,14 @@ class VariationalDropout(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return h
-        if self._stale or self.mask is None or self.mask.shape != h.shape:
+        mask = self.mask
+        if (
+            self._stale
+            or mask is None
+            or mask.shape != h.shape
+            or mask.dtype != h.dtype
+            or mask.device != h.device
+        ):
             keep = 1.0 - self.p
             self.mask = torch.empty_like(h).bernoulli_(keep).div_(keep)
             self._stale = False
