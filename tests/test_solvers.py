@@ -1050,3 +1050,99 @@ def test_zoo_tanh_on_cuda(method: str):
     assert r.all_converged
     torch.testing.assert_close(r.z.cpu(), cpu.z, rtol=0, atol=1e-9)
     torch.testing.assert_close(r.z.cpu(), p.z_star, rtol=0, atol=p.z_atol)
+
+
+# --------------------------------------------------------------------------- fast paths (issue 12)
+
+
+def _solve_both_ways(p: Problem, solver: Solver, monkeypatch, **budget):
+    """Solve on the CPU's fast paths, then with the accelerator's policy emulated (every
+    per-sample select and mask, no host reads but "any sample running?")."""
+    kwargs = {"tol": p.tol, "stop": p.stop, "max_iter": p.max_iter, **budget}
+    fast = solve(p.f, p.z0, solver, record_iterates=True, record_trace=True, **kwargs)
+    with monkeypatch.context() as mp:
+        mp.setattr(solver_loop, "_host_checks_are_free", lambda device: False)
+        general = solve(p.f, p.z0, solver, record_iterates=True, record_trace=True, **kwargs)
+    return fast, general
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        Anderson(m=1),
+        Anderson(m=3),
+        Anderson(),
+        Anderson(beta=0.7),
+        Anderson(max_weight=2.0),  # weights rejected: the uniform path's bound is not met
+        Anderson(safeguard=1.05),  # proposals rejected: the uniform path is left
+        Picard(),
+    ],
+    ids=lambda s: (
+        f"{s.name}-m{getattr(s, 'm', 0)}-b{s.beta}-w{getattr(s, 'max_weight', 0)}"
+        f"-s{getattr(s, 'safeguard', 0)}"
+    ),
+)
+@pytest.mark.parametrize("name", ["mixed_tanh", "tanh_g=0.8", "expansive_tanh", "non_normal"])
+def test_fast_paths_give_the_general_paths_iterates(name: str, solver: Solver, monkeypatch):
+    """The uniform Anderson path (buffers written in place, one host read for all weights,
+    the residual written into the step's buffer) and the loop's selects-free paths (every
+    sample running, or some stopped) give bit for bit the iterates, counts, statuses and
+    residuals of the general per-sample path, in float64."""
+    p = zoo.by_name(name)
+    fast, general = _solve_both_ways(p, solver, monkeypatch)
+    assert torch.equal(fast.iterates, general.iterates)
+    for field in ("z", "iterations", "status", "residual", "converged"):
+        assert torch.equal(getattr(fast, field), getattr(general, field)), field
+    assert torch.equal(fast.trace.isnan(), general.trace.isnan())
+
+
+@pytest.mark.parametrize("method", ["anderson", "picard"])
+def test_fast_paths_end_the_budget_exactly_while_some_samples_stopped(method: str, monkeypatch):
+    """Samples stop at different times and the rest run out of budget: the loop's path for
+    "some samples stopped" skips the budget check only while no sample can have used its
+    budget (``Evaluator.max_count``)."""
+    p = zoo.by_name("mixed_tanh")  # anderson stops its samples after 19-32, picard 30-126
+    for max_iter in (2, 3, 17, 25 if method == "anderson" else 50):
+        fast, general = _solve_both_ways(p, method, monkeypatch, max_iter=max_iter)
+        assert torch.equal(fast.iterations, general.iterations)
+        assert torch.equal(fast.status, general.status) and torch.equal(fast.z, general.z)
+        assert int(fast.iterations.max()) == max_iter
+    statuses = set(fast.status.tolist())
+    assert statuses == {Status.CONVERGED, Status.MAX_ITER}, statuses
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.6])
+def test_anderson_recording_autograd_gives_the_in_place_iterates(beta: float):
+    """Under autograd (the unrolled backward) Anderson's uniform path writes nothing in
+    place; its iterates equal the in-place path's and gradients flow through them."""
+    p = zoo.tanh_contraction(g=0.9, n=8, batch=3)
+    W = torch.nn.Parameter(torch.eye(8, dtype=D))
+
+    def f(z):
+        return p.f(z @ W.T)
+
+    solver = Anderson(m=3, beta=beta)
+    ref = solve(f, p.z0, solver, tol=1e-300, stop="abs", max_iter=12)
+    with torch.enable_grad():
+        r = solver_loop.run(f, p.z0, solver, 1e-300, "abs", 12)
+    torch.testing.assert_close(r.z, ref.z, rtol=0, atol=1e-12)
+    assert torch.equal(r.iterations, ref.iterations)
+    (grad,) = torch.autograd.grad(r.z.sum(), W)
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+
+
+def test_evaluator_writes_the_residual_into_a_given_buffer():
+    """``Evaluator.point(z, g_out=buf)`` gives the same point, with ``g`` written into
+    ``buf`` (no new tensor); ``max_count`` bounds every sample's count on the host."""
+    p = zoo.tanh_contraction()
+    z = p.z0.reshape(p.batch, -1)
+    ev = Evaluator(p.f, p.z0, D, "rel", 50)
+    plain = ev.point(z)
+    buf = torch.full_like(z, float("nan"))
+    into = ev.point(z, g_out=buf)
+    assert into.g is buf
+    for a, b in zip(plain, into, strict=True):
+        assert torch.equal(a, b)
+    ev.set_active(torch.arange(p.batch) % 2 == 0)
+    ev.point(z)
+    assert ev.max_count == 3 and ev.max_count >= int(ev.nfev.max())

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -12,7 +12,10 @@ from .._validate import assign, integer, real
 from ._core import Evaluator, Point, Solver, put
 
 
-class _History(NamedTuple):
+@dataclass(eq=False, slots=True)
+class _History:
+    """Anderson's state. Mutable: a step updates it (and its buffers) in place."""
+
     D: Tensor  # [B, m, n] dZ + beta dG = dF - (1 - beta) dG of consecutive accepted iterates
     dG: Tensor  # [B, m, n] differences of g(z) = f(z) - z
     A: Tensor  # [B, m, m] float64 dG dG^T plus the ridge on its diagonal; an unused column
@@ -23,12 +26,46 @@ class _History(NamedTuple):
     # None while every sample has recorded `steps` (host checks free, no sample reset).
     steps: int  # differences recorded by every sample while `accepted` is None
     rows: Tensor  # [B] long, 0..B-1
-    cols: Tensor  # [m] long, 0..m-1
-    empty: Tensor  # [m, m] float64 _TINY * I, the A of a sample with no history
-    eye: Tensor  # [m, m] float64 identity: eye[k] puts the ridge on column k's diagonal
-    cross: Tensor  # [m, 2, 2m] long: A's row k and column k as (i, j) index pairs
-    columns: tuple  # per k: (D[:, k], dG[:, k], eye[k], A's index of row and column k),
-    # views and indices made once, for the uniform path's in-place writes
+    consts: _Constants  # per (m, lam, device), shared between solves
+    # The uniform path's buffers and views, made once per solve. They are written in place
+    # while autograd is off and `A` is still `A0` (the per-sample path and autograd replace
+    # `A`, and then `D` and `dG` too, by new tensors).
+    A0: Tensor  # the [B, m, m] buffer A starts as
+    rhs_col: Tensor  # [B, m, 1] view of rhs, the Cholesky solve's right-hand side
+    gram: Tensor  # [B, 2, m] float64: the new Gram row (row 0) and rhs (row 1); rhs views it
+    row: Tensor  # [B, m] view gram[:, 0]
+    dGT: Tensor  # [B, n, m] view dG^T, the Gram product's right operand
+    columns: tuple  # per k: (D[:, k], dG[:, k], A[:, k], A[:, :, k]) views
+    weights: Tensor  # [B, m, 1] gamma in the state dtype
+    weights_row: Tensor  # [B, 1, m] view of weights
+    pairs: tuple  # two [B, 2, n] buffers, used in turn: (dg, g) of a step, so that the Gram
+    # product reads both from one tensor (g is written there by the evaluation)
+    safeguard: Tensor  # 0-dim, Anderson.safeguard in the state dtype
+
+
+class _Constants:
+    """Index and ridge tensors that depend on ``(m, lam, device)`` only."""
+
+    def __init__(self, m: int, lam: float, device: torch.device):
+        eye = torch.eye(m, dtype=torch.float64, device=device)
+        cols = torch.arange(m, device=device)
+        ks = cols[:, None].expand(m, m)
+        self.cols = cols  # [m] long, 0..m-1
+        self.eye = eye  # [m, m] float64 identity: eye[k] puts the ridge on column k's diagonal
+        self.empty = eye * _TINY  # [m, m] the A of a sample with no history
+        # cross[k] = ((k, .., k, 0, .., m-1), (0, .., m-1, k, .., k)): row k, then column k
+        self.cross = torch.stack(
+            (torch.cat((ks, cols.expand(m, m)), 1), torch.cat((cols.expand(m, m), ks), 1)), 1
+        )
+        # Per column k, lam e_k and tiny e_k: row + (lam e_k row + tiny e_k) is the row with
+        # the ridge on its diagonal entry k, exactly row elsewhere (x + 0).
+        self.ridge = tuple(zip((eye * lam).unbind(0), self.empty.unbind(0), strict=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _constants(m: int, lam: float, device: torch.device) -> _Constants:
+    with torch.no_grad():
+        return _Constants(m, lam, device)
 
 
 @dataclass(frozen=True)
@@ -83,7 +120,12 @@ class Anderson(Solver):
        value is free, the step checks whether every sample accepted and none failed, and
        while that holds (the usual case) it skips every per-sample mask and select: all
        rings are then the same length and written at the same column with a plain slice.
-       Both paths give the same iterates.
+       Both paths give the same iterates, bit for bit. The uniform path is written for
+       the CPU, where a small tensor operation costs about as much as 1/20 of an
+       evaluation of a 64 x 256 tanh layer: every buffer and view it uses is made once per
+       solve (the residual of each evaluation is written straight into the buffer the Gram
+       product reads), one host read of the whole batch's weight norm bounds every
+       sample's, and a step is about 30 operations, 20 beyond plain iteration.
 
     Args:
         m: History length (number of differences), >= 1. Default ``5``.
@@ -117,32 +159,31 @@ class Anderson(Solver):
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> _History:
         B, n = p.z.shape
         m, dev = self.m, p.z.device
-        eye = torch.eye(m, dtype=torch.float64, device=dev)
-        cols = torch.arange(m, device=dev)
-        ks = cols[:, None].expand(m, m)
-        # cross[k] = ((k, .., k, 0, .., m-1), (0, .., m-1, k, .., k)): row k, then column k
-        cross = torch.stack(
-            (torch.cat((ks, cols.expand(m, m)), 1), torch.cat((cols.expand(m, m), ks), 1)), 1
-        )
-        empty = eye * _TINY
+        c = _constants(m, self.lam, dev)
         D, dG = p.z.new_zeros(B, m, n), p.z.new_zeros(B, m, n)
-        rows = torch.arange(B, device=dev)
-        columns = tuple(
-            (D[:, k], dG[:, k], eye[k], (rows[:, None], cross[k, 0], cross[k, 1])) for k in range(m)
-        )
+        A = c.empty.expand(B, m, m).clone()
+        gram = torch.zeros(B, 2, m, dtype=torch.float64, device=dev)
+        rhs = gram[:, 1]
+        weights = p.z.new_zeros(B, m, 1)
         return _History(
             D=D,
             dG=dG,
-            A=empty.expand(B, m, m).clone(),
-            rhs=torch.zeros(B, m, dtype=torch.float64, device=dev),
+            A=A,
+            rhs=rhs,
             accepted=None if ev.host_checks_free else torch.zeros(B, dtype=torch.long, device=dev),
             steps=0,
-            rows=rows,
-            cols=cols,
-            empty=empty,
-            eye=eye,
-            cross=cross,
-            columns=columns,
+            rows=torch.arange(B, device=dev),
+            consts=c,
+            A0=A,
+            rhs_col=rhs[..., None],
+            gram=gram,
+            row=gram[:, 0],
+            dGT=dG.transpose(1, 2),
+            columns=tuple(zip(D.unbind(1), dG.unbind(1), A.unbind(1), A.unbind(2), strict=True)),
+            weights=weights,
+            weights_row=weights.view(B, 1, m),
+            pairs=(p.z.new_empty(B, 2, n), p.z.new_empty(B, 2, n)),
+            safeguard=torch.tensor(self.safeguard, dtype=p.z.dtype, device=dev),
         )
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, h: _History):
@@ -151,6 +192,8 @@ class Anderson(Solver):
         # or is rejected. Both give the same iterates: the uniform path only skips masks
         # that select everything.
         uniform = h.accepted is None
+        if uniform and h.steps:
+            return self._step_uniform(ev, p, active, h)
         m = self.m
         if uniform:
             count = None
@@ -162,7 +205,7 @@ class Anderson(Solver):
         if empty:  # no history anywhere: the plain step, as gamma = 0 would give
             prop = p.fz if self.beta == 1.0 else p.z + self.beta * p.g
         else:
-            rhs = h.rhs if uniform else torch.where(h.cols < count[:, None], h.rhs, 0.0)
+            rhs = h.rhs if uniform else torch.where(h.consts.cols < count[:, None], h.rhs, 0.0)
             chol, info = torch.linalg.cholesky_ex(h.A)
             gamma = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
             weight = torch.linalg.vector_norm(gamma, dim=-1)
@@ -203,36 +246,90 @@ class Anderson(Solver):
             reset = failed | (active & ~accept)
         return q, accept, self._record(ev, p, q, h, accepted, count, accept, reset)
 
+    def _step_uniform(self, ev: Evaluator, p: Point, active: Tensor, h: _History):
+        """A step of the uniform path with history: every sample has recorded ``h.steps``
+        differences and runs. Its operations are the general path's with every mask that
+        selects everything left out, so the iterates are the same; it hands over to the
+        per-sample path, as the general path does, where a sample fails or is rejected."""
+        chol, info = torch.linalg.cholesky_ex(h.A)
+        gamma = torch.cholesky_solve(h.rhs_col, chol)  # [B, m, 1]
+        failed = None
+        # Two host reads replace the per-sample checks. The norm of the whole batch's
+        # weights bounds every sample's, so below the bound (with room for rounding) no
+        # sample's weight is too large; NaN fails <=.
+        if info.count_nonzero() or not (
+            float(torch.linalg.vector_norm(gamma.detach())) <= self.max_weight * (1.0 - 1e-6)
+        ):
+            weight = torch.linalg.vector_norm(gamma[..., 0], dim=-1)
+            failed = (info != 0) | ~(weight <= self.max_weight)
+            gamma = gamma.masked_fill(failed[:, None, None], 0.0)
+        if not torch.is_grad_enabled() and h.A is h.A0:  # the weights into a buffer
+            h.weights.copy_(gamma)
+            gamma = h.weights_row
+            pair = h.pairs[h.steps % 2]  # receives q.g (the evaluation) and dg (_record_all)
+        else:
+            gamma = gamma.to(p.z.dtype).view(-1, 1, self.m)
+            pair = None
+        if self.beta == 1.0:  # f(z_k) - dF gamma in one product
+            prop = torch.baddbmm(p.fz.unsqueeze(1), gamma, h.D, alpha=-1.0).squeeze(1)
+        else:
+            prop = p.z + self.beta * p.g - torch.bmm(gamma, h.D).squeeze(1)
+        z = ev.propose(active, prop, p.z)
+        q = ev.point(z) if pair is None else ev.point(z, g_out=pair[:, 1])
+        # NaN compares False, so a non-finite accelerated proposal is rejected here.
+        ok = torch.le(q.gnorm, torch.mul(p.gnorm, h.safeguard))
+        if failed is None:
+            if bool(ok.all()):
+                return q, None, self._record_all(p, q, h, pair)
+            failed = torch.zeros_like(active)
+        accepted = torch.full_like(h.rows, h.steps).masked_fill(failed, 0)
+        count = accepted.clamp(max=self.m)
+        accept = active & (ok | (count == 0))
+        reset = failed | (active & ~accept)
+        return q, accept, self._record(ev, p, q, h, accepted, count, accept, reset)
+
     def _differences(self, p: Point, q: Point) -> tuple[Tensor, Tensor]:
         """``(dZ + beta dG, dG)`` between the current and the proposed point."""
         dg = q.g - p.g
         d = q.fz - p.fz
         return (d if self.beta == 1.0 else d - (1.0 - self.beta) * dg), dg
 
-    def _record_all(self, p: Point, q: Point, h: _History) -> _History:
-        """Every sample records its difference in column ``steps % m`` (the uniform path)."""
+    def _record_all(self, p: Point, q: Point, h: _History, pair: Tensor | None = None) -> _History:
+        """Every sample records its difference in column ``steps % m`` (the uniform path).
+        ``pair``: the buffer whose row 1 is ``q.g``, to receive ``dg`` in row 0."""
         k = h.steps % self.m
-        if torch.is_grad_enabled():  # unrolled backward: no in-place writes
-            d, dg = self._differences(p, q)
-            D, dG = h.D.select_scatter(d, 1, k), h.dG.select_scatter(dg, 1, k)
-        else:  # written straight into the ring: no allocation
-            D, dG = h.D, h.dG
-            D_k, dG_k, _, _ = h.columns[k]
-            dg = torch.sub(q.g, p.g, out=dG_k)
+        lam_k, tiny_k = h.consts.ridge[k]
+        h.steps += 1
+        if not torch.is_grad_enabled() and h.A is h.A0:  # in place: no allocation
+            D_k, dG_k, A_k, A_col_k = h.columns[k]
+            if pair is None:
+                dg = torch.sub(q.g, p.g, out=dG_k)
+                pair = torch.stack((dg, q.g), dim=1)
+            else:
+                dg = dG_k.copy_(torch.sub(q.g, p.g, out=pair[:, 0]))
             d = torch.sub(q.fz, p.fz, out=D_k)
             if self.beta != 1.0:
                 d.sub_((1.0 - self.beta) * dg)
-        # One pass over the history: the new Gram row (dG dg) and next rhs (dG g_{k+1}).
-        # [B, 2, n] x [B, n, m] is the layout BLAS handles well (about 5x faster than the
-        # transposed product). Columns not written yet are zero, and so are their entries.
-        both = torch.bmm(torch.stack((dg, q.g), dim=1), dG.transpose(1, 2)).to(torch.float64)
+            # One pass over the history: the new Gram row (dG dg) and next rhs (dG g_{k+1}),
+            # into h.gram (h.rhs views its row 1). [B, 2, n] x [B, n, m] is the layout BLAS
+            # handles well (about 5x faster than the transposed product). Columns not
+            # written yet are zero, and so are their entries.
+            h.gram.copy_(torch.bmm(pair, h.dGT))
+            row = torch.add(h.row, torch.addcmul(tiny_k, h.row, lam_k))  # the ridge on entry k
+            A_k.copy_(row)  # row k and column k of A (the diagonal twice, same value)
+            A_col_k.copy_(row)
+            return h
+        # Autograd records (unrolled backward): the same values, out of place.
+        d, dg = self._differences(p, q)
+        h.D, h.dG = h.D.select_scatter(d, 1, k), h.dG.select_scatter(dg, 1, k)
+        both = torch.bmm(torch.stack((dg, q.g), dim=1), h.dG.transpose(1, 2)).to(torch.float64)
         row = both[:, 0]
-        # The ridge on entry k only: row + e_k (lam row + tiny) is exact elsewhere (x + 0)
-        # and is d + (lam d + tiny) at k; then row k and column k in one write.
-        _, _, e_k, index = h.columns[k]
-        row = torch.addcmul(row, e_k, row * self.lam + _TINY)
-        A = put(h.A, index, row.repeat(1, 2))
-        return h._replace(D=D, dG=dG, A=A, rhs=both[:, 1], steps=h.steps + 1)
+        row = torch.add(row, torch.addcmul(tiny_k, row, lam_k))
+        cross = h.consts.cross[k]
+        h.A = h.A.index_put((h.rows[:, None], cross[0], cross[1]), row.repeat(1, 2))
+        h.rhs = both[:, 1]
+        h.rhs_col = h.rhs[..., None]
+        return h
 
     def _record(
         self,
@@ -261,13 +358,15 @@ class Anderson(Solver):
         D = put(h.D, (h.rows, slot), d)
         dG = put(h.dG, (h.rows, slot), dg)
         both = torch.bmm(torch.stack((dg, q.g), dim=1), dG.transpose(1, 2)).to(torch.float64)
-        A = torch.where(reset[:, None, None], h.empty, h.A)
-        row = torch.where((h.cols <= count[:, None]) & keep, both[:, 0], 0.0)
-        row = torch.addcmul(row, h.eye[slot], row * self.lam + _TINY)  # see _record_all
-        ij = h.cross[slot]
+        c = h.consts
+        A = torch.where(reset[:, None, None], c.empty, h.A)
+        row = torch.where((c.cols <= count[:, None]) & keep, both[:, 0], 0.0)
+        row = torch.addcmul(row, c.eye[slot], row * self.lam + _TINY)  # the ridge on entry k
+        ij = c.cross[slot]
         A = put(A, (h.rows[:, None], ij[:, 0], ij[:, 1]), row.repeat(1, 2))
-        accepted = torch.where(accept, accepted + 1, accepted * ~reset)
-        return h._replace(D=D, dG=dG, A=A, rhs=both[:, 1], accepted=accepted)
+        h.accepted = torch.where(accept, accepted + 1, accepted * ~reset)
+        h.D, h.dG, h.A, h.rhs = D, dG, A, both[:, 1]
+        return h
 
 
 _TINY = torch.finfo(torch.float64).tiny

@@ -189,7 +189,9 @@ class Evaluator:
         # was charged to every sample, so that every sample has used exactly _count.
         self._pending = 0
         self._count = 0
+        self._calls = 0
         self._uniform = True
+        self._eps_t = torch.tensor(self._eps, dtype=state_dtype, device=z0.device)
         self.set_active(torch.ones(self.batch, dtype=torch.bool, device=z0.device), True)
 
     @property
@@ -205,6 +207,12 @@ class Evaluator:
         """The evaluations every sample has used, when every evaluation so far was charged
         to every sample (read on the host, no synchronisation); else ``None``."""
         return self._count if self._uniform else None
+
+    @property
+    def max_count(self) -> int:
+        """An upper bound on every sample's evaluations so far, read on the host: the
+        evaluations of ``f`` made (each charges a sample at most once)."""
+        return self._calls
 
     @property
     def active(self) -> Tensor:
@@ -232,10 +240,10 @@ class Evaluator:
         out = out if self._flat else out.reshape(self.batch, -1)
         return out if out.dtype == self.dtype else out.to(self.dtype)
 
-    def _finish(self, z: Tensor, fz: Tensor) -> Point:
-        g = fz - z
+    def _finish(self, z: Tensor, fz: Tensor, g_out: Tensor | None = None) -> Point:
+        g = fz - z if g_out is None else torch.sub(fz, z, out=g_out)
         gnorm = torch.linalg.vector_norm(g, dim=1)
-        res = gnorm / (torch.linalg.vector_norm(fz, dim=1) + self._eps) if self._rel else gnorm
+        res = gnorm / (torch.linalg.vector_norm(fz, dim=1) + self._eps_t) if self._rel else gnorm
         return Point(z, fz, g, gnorm, res)
 
     def propose(self, active: Tensor, new: Tensor, old: Tensor) -> Tensor:
@@ -243,6 +251,7 @@ class Evaluator:
         return new if self.all_active else where_active(active, new, old)
 
     def _charge(self, charge: Tensor | None) -> None:
+        self._calls += 1
         if charge is None and self.all_active:
             self._pending += 1
             self._count += 1
@@ -250,18 +259,22 @@ class Evaluator:
         self._uniform = False
         self.nfev.add_(self._active if charge is None else self._active & charge)
 
-    def point(self, z: Tensor, charge: Tensor | None = None) -> Point:
+    def point(
+        self, z: Tensor, charge: Tensor | None = None, *, g_out: Tensor | None = None
+    ) -> Point:
         """Evaluate ``f`` at flat ``z`` (``[B, n]``).
 
         Counted as one evaluation for each active sample, or, when ``charge`` (``[B]`` bool)
         is given, for each active sample where it is True: the samples a solver's inner
         iteration (a Krylov solve, a line search) still runs for. ``f`` sees the whole batch
-        either way.
+        either way. ``g_out``, a ``[B, n]`` tensor of the state dtype, receives the residual
+        vector (the point's ``g`` is then that tensor), for solvers that keep it in a buffer;
+        not while autograd records.
         """
         z_in = z if self._flat else z.view(self.shape)
         fz = self._check(self._f(z_in if z.dtype == self.in_dtype else z_in.to(self.in_dtype)))
         self._charge(charge)
-        return self._finish(z, fz)
+        return self._finish(z, fz, g_out)
 
     def jvp(self, z: Tensor, v: Tensor, charge: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(f(z), J_f(z) v)`` by forward-mode autodiff; counted as one evaluation, like

@@ -253,17 +253,24 @@ def run(
         if not all_active and not bool(active.any()):
             break
         q, accept, state = solver.step(ev, p, active, state)
-        # Where every sample was running and took a finite step (the common case on the
-        # CPU, checked there for free), the per-sample selects are skipped: a handful of
-        # small operations per step instead of a dozen passes over [B, n].
-        fast = all_active and accept is None
-        if fast:
+        # Where every running sample took a finite step (the common case on the CPU, checked
+        # there for free), the per-sample selects of the new point are skipped: a handful of
+        # small operations per step instead of a dozen passes over [B, n]. A stopped
+        # sample's proposal is its own z (the solver contract, ev.propose), so q is the new
+        # point for every sample.
+        simple = free and accept is None
+        improved = False
+        if simple and all_active:
             # A residual lower than the best one is finite (NaN compares False), so "every
             # sample improved" also says that every sample's step is finite.
             better = q.res < best_res
             improved = bool(better.all())
-            fast = improved or math.isfinite(float(q.gnorm.detach().sum()))
-        if fast:
+            simple = improved or math.isfinite(float(q.gnorm.detach().sum()))
+        elif simple:  # some samples stopped: a stopped one never improves
+            simple = math.isfinite(float(q.gnorm.detach().sum()))
+            if simple:
+                better = active & (q.res < best_res)
+        if simple:
             p = q
             if improved:
                 best_z, best_res = p.z, p.res
@@ -271,7 +278,11 @@ def run(
                 best_z = where_active(better, p.z, best_z)
                 best_res = torch.where(better, p.res, best_res)
             count = ev.uniform_count
-            if count is not None and count >= max_iter:
+            if not all_active:
+                still = active & (p.res > tol)
+                if ev.max_count >= max_iter:  # below it, no sample has used its budget
+                    still &= ev.nfev < max_iter
+            elif count is not None and count >= max_iter:
                 still = torch.zeros_like(active)
             elif count is not None and float(p.res.detach().min()) > tol:
                 still = active  # every sample runs on (NaN fails >): the same mask
@@ -285,8 +296,7 @@ def run(
             failed |= bad
             take = take & ~bad
             # Where every running sample took its step (checked for free on the CPU), q is
-            # the new point for all: a stopped sample's proposal is its own z (the solver
-            # contract, ev.propose), so it stays where it stopped without a select.
+            # the new point for all, as above.
             if free and bool((take | ~active).all()):
                 p = q
             else:
@@ -304,8 +314,8 @@ def run(
             iterates.append(p.z)
         if on_step is not None:
             on_step(step + 1, p.z, p.res, best_z, best_res)
-        if still is not active:
-            all_active = free and bool(still.all())
+        if all_active and still is not active:  # a stopped sample never runs again
+            all_active = bool(still.all())
         active = still
         ev.set_active(active, all_active)
     converged = best_res <= tol
