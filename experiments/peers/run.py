@@ -29,7 +29,8 @@ Variants (the DEQ layer; ``u = model.inject(x)``, ``f(z) = model.cell(z, u)``):
 * ``deqkit_implicit_fallback``: deqkit's ``Implicit(fallback=Phantom())`` gradient, the
   model's other defaults: the exact implicit gradient where the solves converged.
 * ``deqkit_phantom_k16`` / ``deqkit_phantom_k40``: ``Phantom(16, 0.8)`` / ``Phantom(40, 1.0)``,
-  longer phantom horizons than the default's ``k=5, tau=0.5``.
+  longer phantom horizons than the default's ``k=5, tau=0.5``; ``deqkit_phantom_k10`` /
+  ``deqkit_phantom_k8``: ``Phantom(10, 0.5)`` / ``Phantom(8, 0.7)``, the horizons between.
 * ``deqkit_default``: ``model.deq`` as it is, i.e. ``deqkit.DEQ``'s defaults at run time
   (nothing is hard-coded here; the settings used are written into each JSON).
 
@@ -81,6 +82,8 @@ VARIANTS = (
     "deqkit_implicit_fallback",
     "deqkit_phantom_k16",
     "deqkit_phantom_k40",
+    "deqkit_phantom_k10",
+    "deqkit_phantom_k8",
 )
 # deqkit variants: DEQ settings given to the model (none: the library's defaults)
 DEQKIT_VARIANTS = {
@@ -89,6 +92,8 @@ DEQKIT_VARIANTS = {
     # longer phantom horizons (torchdeq's implicit setting is in effect 40 undamped terms)
     "deqkit_phantom_k16": {"backward": Phantom(16, 0.8)},
     "deqkit_phantom_k40": {"backward": Phantom(40, 1.0)},
+    "deqkit_phantom_k10": {"backward": Phantom(10, 0.5)},
+    "deqkit_phantom_k8": {"backward": Phantom(8, 0.7)},
 }
 TORCHDEQ_VARIANTS = ("torchdeq_default", "torchdeq_implicit")
 CHANNELS = (32,)
