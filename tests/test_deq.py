@@ -345,3 +345,109 @@ def test_packer_flattens_a_tuple_state_and_back():
         packer.pack(a)
     with pytest.raises(ValueError, match="same batch size"):
         Packer.of((a, torch.randn(2, 4)))
+
+
+# -- DEQSettings: the settings as one object ------------------------------------------------
+
+
+def test_deq_settings_are_one_frozen_validated_object_with_defaults():
+    import dataclasses
+    import inspect
+
+    s = deqkit.DEQSettings()
+    assert deqkit.nn.DEQSettings is deqkit.DEQSettings
+    assert (s.solver, s.tol, s.max_iter, s.stop, s.backward) == (
+        "anderson",
+        1e-4,
+        30,
+        "rel",
+        "phantom",
+    )
+    assert s.gradient == deqkit.Phantom(5, 0.5) and s.solver_obj == deqkit.solvers.Anderson()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.tol = 1e-3
+    # DEQ's keywords are the settings' fields, with the same defaults
+    params = inspect.signature(deqkit.DEQ).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(deqkit.DEQSettings)}
+    assert {n: params[n].default for n in params if n not in ("f", "settings")} == fields
+    assert deqkit.models.DEQ_SETTINGS == tuple(fields)
+    assert repr(s) == (
+        "DEQSettings(solver='anderson', tol=0.0001, max_iter=30, stop='rel', backward='phantom')"
+    )
+    assert repr(deqkit.DEQSettings(max_iter=5, solver_options={"m": 3})) == (
+        "DEQSettings(solver='anderson', tol=0.0001, max_iter=5, stop='rel', backward='phantom', "
+        "solver_options={'m': 3})"
+    )
+    assert deqkit.DEQSettings(tol=1).tol == 1.0 and isinstance(deqkit.DEQSettings(tol=1).tol, float)
+    options = {"m": 3}
+    kept = deqkit.DEQSettings(solver_options=options)
+    options["m"] = 4  # the caller's dict changing later does not change the settings
+    assert kept.solver_options == {"m": 3}
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        ({"max_iter": 2.5}, ValueError, r"^Invalid max_iter: 2\.5 \(expected an integer >= 1\)$"),
+        ({"tol": 0.0}, ValueError, r"^Invalid tol: 0\.0 \(expected a finite number > 0\)$"),
+        ({"stop": "max"}, ValueError, r"^Invalid stop: 'max' \(expected one of 'abs', 'rel'\)$"),
+        ({"correction": -1}, ValueError, r"^Invalid correction: -1 \(expected an integer >= 0\)"),
+        ({"solver": "andersen"}, ValueError, "unknown method"),
+        ({"backward": "adjoint"}, ValueError, "backward"),
+        ({"backward": "phantom", "backward_tol": 1e-3}, ValueError, "implicit"),
+        ({"solver_options": {"mm": 3}}, TypeError, "unknown option"),
+    ],
+)
+def test_deq_settings_reject_bad_values_naming_them(kw, error, match):
+    with pytest.raises(error, match=match):
+        deqkit.DEQSettings(**kw)
+    with pytest.raises(error, match=match):
+        deqkit.DEQSettings().replace(**kw)  # replace validates again
+
+
+def test_deq_settings_replace_makes_a_validated_copy():
+    s = deqkit.DEQSettings(solver="picard", max_iter=50)
+    t = s.replace(max_iter=100, backward="implicit")
+    assert (s.max_iter, s.backward) == (50, "phantom")  # unchanged
+    assert t == deqkit.DEQSettings(solver="picard", max_iter=100, backward="implicit")
+    assert t.bound.max_iter == 200 and s.replace() is s
+    with pytest.raises(TypeError, match=r"unknown DEQ setting\(s\) max_iters; valid: solver, tol"):
+        s.replace(max_iters=3)
+
+
+def test_a_deq_from_a_settings_object_equals_one_from_the_same_keywords():
+    kw = dict(solver="broyden", tol=1e-9, max_iter=80, stop="abs", backward="implicit")
+    x = torch.randn(3, 4, dtype=D, requires_grad=True)
+    by_keywords = deqkit.DEQ(TanhCell(), **kw)
+    by_object = deqkit.DEQ(TanhCell(), settings=deqkit.DEQSettings(**kw))
+    assert by_object.settings == by_keywords.settings == deqkit.DEQSettings(**kw)
+    assert by_object.extra_repr() == by_keywords.extra_repr()
+    z1, i1 = by_keywords(x)
+    z2, i2 = by_object(x)
+    torch.testing.assert_close(z1, z2, rtol=0, atol=0)
+    assert i1.iterations.tolist() == i2.iterations.tolist()
+    for g1, g2 in zip(param_grads(by_keywords, x), param_grads(by_object, x), strict=True):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+
+
+def test_settings_and_keywords_that_disagree_are_an_error():
+    s = deqkit.DEQSettings(max_iter=7)
+    assert deqkit.DEQ(TanhCell(), settings=s, max_iter=7).settings is s  # agrees: fine
+    assert deqkit.DEQ(TanhCell(), settings=s, solver="anderson").settings is s  # a default
+    with pytest.raises(ValueError, match=r"settings=DEQSettings\(.*max_iter=7.*\) and tol=0\.001"):
+        deqkit.DEQ(TanhCell(), settings=s, tol=1e-3)
+    with pytest.raises(TypeError, match="settings must be a DEQSettings or None, got dict"):
+        deqkit.DEQ(TanhCell(), settings={"tol": 1e-3})
+
+
+def test_assigning_new_settings_changes_every_later_call():
+    deq = deqkit.DEQ(TanhCell(gain=0.95), solver="picard", tol=1e-12, max_iter=3)
+    x = torch.randn(2, 4, dtype=D)
+    assert int(deq(x)[1].iterations.max()) == 3
+    deq(x, max_iter=4)  # fills the per-call cache
+    deq.settings = deq.settings.replace(max_iter=100)
+    assert int(deq(x)[1].iterations.max()) > 3
+    assert int(deq(x, max_iter=4)[1].iterations.max()) == 4
+    assert "max_iter=100" in repr(deq)
+    with pytest.raises(TypeError, match="settings must be a DEQSettings"):
+        deq.settings = {"max_iter": 3}

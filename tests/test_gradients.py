@@ -7,7 +7,7 @@ from torch import nn
 
 import deqkit
 from deqkit import Implicit, Phantom, Unrolled
-from deqkit.nn import _deq as deq_module
+from deqkit.nn import _settings as settings_module
 from deqkit.nn import available_gradients, make_gradient
 
 D = torch.float64
@@ -98,9 +98,9 @@ def test_the_adjoint_solver_defaults_to_the_forward_solver_and_its_options():
 
 def test_settings_are_resolved_once_per_construction_and_per_override_set(monkeypatch):
     calls = []
-    real = deq_module.make_gradient
+    real = settings_module.make_gradient
     monkeypatch.setattr(
-        deq_module, "make_gradient", lambda *a, **k: calls.append(1) or real(*a, **k)
+        settings_module, "make_gradient", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     deq = deqkit.DEQ(TanhCell())
     x = torch.randn(2, 4, dtype=D)

@@ -379,14 +379,56 @@ def test_deq_settings_reach_the_layer_and_can_be_overridden_per_call():
 
 
 def test_deq_setting_errors():
-    with pytest.raises(TypeError, match="unknown DEQ setting.*max_iters.*valid"):
+    with pytest.raises(TypeError, match="unknown argument.*max_iters.*valid.*a DEQ setting"):
         recall1d(max_iters=5)
     with pytest.raises(ValueError, match="tol.*both"):
         recall1d(tol=1e-3, deq_kwargs={"tol": 1e-4})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tol.*both"):
+        recall1d(tol=1e-3, deq_settings={"tol": 1e-4})
+    with pytest.raises(ValueError, match=r"Invalid tol: -1\.0"):
         recall1d(tol=-1.0)
     with pytest.raises(TypeError, match="deq_kwargs"):
         recall1d(deq_kwargs=[("tol", 1e-3)])
+    with pytest.raises(TypeError, match="unknown DEQ setting.*tols in deq_settings; valid"):
+        recall1d(deq_settings={"tols": 1e-3})
+    with pytest.raises(ValueError, match="deq_settings or its alias deq_kwargs, not both"):
+        recall1d(deq_settings={"tol": 1e-3}, deq_kwargs={"max_iter": 3})
+    with pytest.raises(ValueError, match="max_iter given both in deq_settings"):
+        recall1d(deq_settings=deqkit.DEQSettings(max_iter=5), max_iter=6)
+
+
+def test_a_misspelt_model_argument_is_an_unknown_model_argument():
+    # was "unknown DEQ setting(s) widht": the model's own arguments went unnamed
+    for make, valid in ((lambda **kw: DEQMLP(64, 10, **kw), "hidden"), (recall1d, "width")):
+        with pytest.raises(TypeError) as err:
+            make(widht=8)
+        message = str(err.value)
+        assert "unknown argument(s) widht" in message and "unknown DEQ setting" not in message
+        assert f" {valid}," in message and "or a DEQ setting (solver, tol" in message
+
+
+def test_a_model_takes_its_deq_settings_as_one_argument():
+    settings = deqkit.DEQSettings(solver="picard", tol=1e-5, max_iter=40, backward="implicit")
+    keywords = dict(solver="picard", tol=1e-5, max_iter=40, backward="implicit")
+    with_object = recall1d(deq_settings=settings)
+    assert with_object.deq.settings == settings  # a whole object replaces the defaults
+    assert recall1d(**keywords).deq.settings == settings
+    assert recall1d(deq_kwargs=keywords).deq.settings == settings
+    # a dict is some settings, over the model's own defaults (RecallNet: tol=1e-3)
+    partial = recall1d(deq_settings={"solver": "picard"}).deq.settings
+    assert partial == deqkit.DEQSettings(solver="picard", tol=1e-3)
+    assert MonotoneMLP(8, deq_settings={"max_iter": 7}).deq.settings == deqkit.DEQSettings(
+        solver="picard", max_iter=7, backward="implicit"
+    )
+    # a keyword equal to the object's value is no conflict
+    assert recall1d(deq_settings=settings, tol=1e-5).deq.settings == settings
+    x, _ = bits(3, 16)
+    torch.manual_seed(0)
+    a, ia = recall1d(deq_settings=settings)(x)
+    torch.manual_seed(0)
+    b, ib = recall1d(**keywords)(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert ia.iterations.tolist() == ib.iterations.tolist()
 
 
 def test_explicit_twin_with_tied_weights_is_the_recurrent_run():

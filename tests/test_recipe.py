@@ -33,7 +33,15 @@ def test_pretraining_trains_a_weight_tied_stack_then_hands_over():
     x = x_batch()
     early, late = recipe.plan(2, deq), recipe.plan(3, deq)
     assert early.pretraining and not late.pretraining
-    assert early.overrides == {"backward": Unrolled(), "solver": "picard", "max_iter": 6}
+    adjoint = dict.fromkeys(("backward_solver", "backward_tol", "backward_max_iter"))
+    assert early.overrides == {
+        "backward": Unrolled(),
+        **adjoint,
+        "backward_options": None,
+        "solver": "picard",
+        "solver_options": None,
+        "max_iter": 6,
+    }
     assert late.overrides == {}
     got, info = grads(deq, x, **early.overrides)
     assert info.iterations.tolist() == [6] * 4  # six evaluations: z0 and five plain steps
@@ -46,6 +54,28 @@ def test_pretraining_trains_a_weight_tied_stack_then_hands_over():
         torch.testing.assert_close(g, r)
     implicit, _ = grads(deq, x, **late.overrides)
     assert (implicit[0] - got[0]).abs().max() > 1e-3
+
+
+def test_pretraining_leaves_out_the_layers_own_solver_options_and_adjoint_settings():
+    # A layer that holds solver hyperparameters and adjoint settings of its own (as one
+    # built from a config's [deq] table does) pretrains with the pretraining solver and
+    # gradient at their defaults; the layer's settings were combined with them before.
+    deq = deqkit.DEQ(
+        TanhCell(gain=0.9),
+        solver="anderson",
+        solver_options={"m": 3},
+        backward="implicit",
+        backward_tol=1e-9,
+        backward_options={"m": 2},
+    )
+    x = x_batch()
+    plan = Recipe(pretrain_steps=1, pretrain_iters=4).plan(0, deq)
+    got, info = grads(deq, x, **plan.overrides)
+    assert info.forward.method == "picard" and info.iterations.tolist() == [4] * 4
+    assert isinstance(deq.resolved(**plan.overrides).gradient, Unrolled)
+    gradient_only = Recipe(pretrain_steps=1, pretrain_solver=None, pretrain_iters=None)
+    kept = deq.resolved(**gradient_only.plan(0, deq).overrides)
+    assert kept.solver_options == {"m": 3} and isinstance(kept.gradient, Unrolled)
 
 
 def test_jacobian_penalty_runs_on_its_schedule_and_lowers_the_jacobian():

@@ -145,6 +145,144 @@ def test_config_round_trips_through_dict_json_and_toml(tmp_path):
     assert load_config(tmp_path / "c.toml") == c
 
 
+DEQ_TABLE = {
+    "solver": "picard",
+    "solver_options": {"beta": 0.5},
+    "tol": 1e-3,
+    "max_iter": 12,
+    "backward": {"name": "implicit", "fallback": {"name": "phantom", "k": 3}},
+}
+
+
+def test_a_deq_table_and_the_older_top_level_keys_give_the_same_config(tmp_path):
+    flat = TrainConfig.from_dict({"model_kwargs": {"width": 8}, **DEQ_TABLE})
+    nested = TrainConfig.from_dict({"model_kwargs": {"width": 8}, "deq": DEQ_TABLE})
+    assert flat == nested == TrainConfig(model_kwargs={"width": 8}, **DEQ_TABLE)
+    assert nested.deq == DEQ_TABLE and nested.to_dict()["deq"] == DEQ_TABLE
+    assert "tol" not in nested.to_dict()  # one place: the deq table
+    assert (nested.tol, nested.max_iter, nested.stop) == (1e-3, 12, None)  # views of deq
+    (tmp_path / "nested.toml").write_text(
+        '[model_kwargs]\nwidth = 8\n[deq]\nsolver = "picard"\ntol = 1e-3\nmax_iter = 12\n'
+        '[deq.solver_options]\nbeta = 0.5\n[deq.backward]\nname = "implicit"\n'
+        'fallback = { name = "phantom", k = 3 }\n'
+    )
+    (tmp_path / "flat.toml").write_text(
+        'solver = "picard"\ntol = 1e-3\nmax_iter = 12\n'
+        'backward = { name = "implicit", fallback = { name = "phantom", k = 3 } }\n'
+        "[model_kwargs]\nwidth = 8\n[solver_options]\nbeta = 0.5\n"
+    )
+    assert load_config(tmp_path / "nested.toml") == load_config(tmp_path / "flat.toml") == flat
+    (tmp_path / "c.json").write_text(json.dumps(nested.to_dict()))
+    assert load_config(tmp_path / "c.json") == nested
+    # every experiment config keeps loading, with its DEQ settings in the table
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    for path in sorted(root.rglob("*.toml")):
+        config = load_config(path)
+        assert config.deq.get("solver") in (None, "anderson", "picard"), path
+
+
+def test_a_deq_setting_given_both_ways_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"^max_iter given both in the deq table and as top"):
+        TrainConfig.from_dict({"max_iter": 5, "deq": {"max_iter": 6, "tol": 1e-3}})
+    (tmp_path / "both.toml").write_text('tol = 1e-3\n[deq]\ntol = 1e-4\nsolver = "picard"\n')
+    with pytest.raises(ValueError, match="tol given both"):
+        load_config(tmp_path / "both.toml")
+    # a top-level None (a checkpoint's config from before the deq table) is "not given"
+    assert TrainConfig.from_dict({"tol": None, "deq": {"tol": 1e-4}}).deq == {"tol": 1e-4}
+    with pytest.raises(ValueError, match=r"unknown deq setting\(s\): tols; valid: solver, tol"):
+        TrainConfig(deq={"tols": 1e-3})
+    with pytest.raises(ValueError, match=r"^Invalid max_iter: 2\.5 \(expected an integer >= 1\)$"):
+        TrainConfig(deq={"max_iter": 2.5})
+    with pytest.raises(TypeError, match="deq must be a dict"):
+        TrainConfig(deq=[("tol", 1e-3)])
+
+
+def test_flat_deq_keywords_set_and_unset_entries_of_the_table():
+    c = TrainConfig(tol=1e-3, max_iter=20)
+    assert c.deq == {"tol": 1e-3, "max_iter": 20}
+    assert dataclasses.replace(c, tol=1e-5).deq == {"tol": 1e-5, "max_iter": 20}
+    assert dataclasses.replace(c, max_iter=None).deq == {"tol": 1e-3}
+    assert c.with_overrides(tol=2e-3).deq == {"tol": 2e-3, "max_iter": 20}
+    assert c.with_overrides(deq={"solver": "picard"}).deq == {"solver": "picard"}
+    assert TrainConfig(tol=1).deq == {"tol": 1.0} and isinstance(TrainConfig(tol=1).tol, float)
+
+
+def test_the_model_is_built_with_the_configs_deq_settings():
+    # The config's settings used to be passed as overrides on every call: the model's own
+    # DEQ kept its defaults, and so did every study of a trained model.
+    c = TrainConfig(model_kwargs={"width": 8}, deq=DEQ_TABLE)
+    model = model_from_config(c)
+    want = deqkit.DEQSettings(**{**DEQ_TABLE, "tol": 1e-3})
+    assert model.deq.settings == want
+    # the model's own defaults stay where the config gives nothing (recall1d: tol=1e-3)
+    assert model_from_config(TrainConfig(max_iter=7)).deq.settings == deqkit.DEQSettings(
+        tol=1e-3, max_iter=7
+    )
+    mono = TrainConfig(task="digits", model="monotone_mlp", model_kwargs={"hidden": 16})
+    assert model_from_config(mono).deq.settings.solver == "picard"
+    # a setting in model_kwargs yields to the deq table, as the per-call overrides did
+    both = TrainConfig(model_kwargs={"width": 8, "max_iter": 9}, max_iter=11)
+    assert model_from_config(both).deq.settings.max_iter == 11
+    # recurrent mode: max_iter is the evaluation iteration count, not the DEQ's budget
+    rec = TrainConfig(mode="recurrent", model_kwargs={"width": 8}, max_iter=7)
+    assert model_from_config(rec).deq.settings.max_iter == 30
+    # checked with the DEQSettings defaults (anderson) in the config, with picard here
+    with pytest.raises(TypeError, match=r"model 'monotone_mlp' with the deq settings .*picard"):
+        model_from_config(dataclasses.replace(mono, solver_options={"m": 3}))
+
+
+def test_a_misspelt_model_argument_is_named_as_a_model_argument(tmp_path):
+    # was "unknown DEQ setting(s) widht; valid: solver, tol, ...": no word of the model
+    with pytest.raises(ValueError) as err:
+        model_from_config(TrainConfig(model_kwargs={"widht": 8}))
+    message = str(err.value)
+    assert "unknown argument(s) widht" in message and "unknown DEQ setting" not in message
+    assert " width," in message and "num_blocks" in message
+
+
+def test_a_checkpoint_with_the_older_flat_config_resumes_and_evaluates(tmp_path):
+    # Checkpoints written before the deq table hold every DEQ setting as a top-level key
+    # (None where not given); they resume bit for bit and evaluate as before.
+    changes = dict(task="prefix_sums", model="recall1d", difficulty=6, schedule="constant")
+    c = small(tmp_path, "full", steps=4, tol=1e-3, backward="phantom", **changes)
+    c = dataclasses.replace(c, model_kwargs={"width": 8, "num_blocks": 1})
+    full = train(c, progress=False)
+    old = dataclasses.replace(c, out_dir=str(tmp_path / "old"), steps=2)
+    train(old, progress=False)
+    path = Path(old.out_dir) / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    flat = {k: None for k in ("solver", "solver_options", "stop", "backward_options")}
+    flat.update(backward_solver=None, backward_tol=None, backward_max_iter=None)
+    state["config"].update(flat, **state["config"].pop("deq"))
+    assert state["config"]["max_iter"] == 15 and "deq" not in state["config"]
+    torch.save(state, path)
+    (Path(old.out_dir) / "config.json").write_text(json.dumps(state["config"]))
+    model, config, _ = load_checkpoint(path)
+    assert config.deq == {"tol": 1e-3, "max_iter": 15, "backward": "phantom"}
+    assert model.deq.settings.max_iter == 15
+    assert main(["--resume", old.out_dir, "--steps", "4", "--no-progress"]) == 0
+    resumed, _, _ = load_checkpoint(Path(old.out_dir) / "checkpoint.pt")
+    for a, b in zip(full.model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert evaluate(resumed, config, 6, 32) == evaluate(full.model, c, 6, 32)
+
+
+def test_train_flags_set_entries_of_a_config_files_deq_table(tmp_path):
+    from deqkit.train.__main__ import build_parser, config_from_args
+
+    path = tmp_path / "c.toml"
+    path.write_text('[deq]\nsolver = "picard"\ntol = 1e-3\nmax_iter = 12\n')
+    args = build_parser().parse_args(
+        ["--config", str(path), "--tol", "1e-5", "--set", "max_iter=20", "--set", "stop=abs"]
+    )
+    assert config_from_args(args).deq == {
+        "solver": "picard",
+        "tol": 1e-5,
+        "max_iter": 20,
+        "stop": "abs",
+    }
+
+
 def test_config_defaults_follow_the_task():
     c = TrainConfig()
     assert (c.task, c.model_name, c.train_difficulty, c.eval_levels) == (

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -12,16 +13,15 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._validate import integer, invalid
-from ..nn import DEQ, DEQInfo, apply_spectral_norm
+from ..nn import DEQ, DEQInfo, DEQSettings, apply_spectral_norm
 
 __all__ = ["DEQ_SETTINGS", "EquilibriumModel", "ExplicitModel", "State"]
 
 State = Tensor | tuple[Tensor, ...]
 
-DEQ_SETTINGS: tuple[str, ...] = tuple(
-    name for name in inspect.signature(DEQ.__init__).parameters if name not in ("self", "f")
-)
-"""Names a model accepts as DEQ settings (``solver``, ``tol``, ``max_iter``, ...)."""
+DEQ_SETTINGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DEQSettings))
+"""Names a model accepts as DEQ settings (``solver``, ``tol``, ``max_iter``, ...): the
+fields of :class:`deqkit.DEQSettings`."""
 
 
 def check_groups(groups: int, channels: int, name: str = "groups") -> int:
@@ -33,28 +33,75 @@ def check_groups(groups: int, channels: int, name: str = "groups") -> int:
 
 
 def merge_deq_settings(
-    defaults: dict[str, Any], deq_kwargs: dict[str, Any] | None, explicit: dict[str, Any]
-) -> dict[str, Any]:
-    """Model defaults, overridden by ``deq_kwargs``, overridden by keyword settings.
+    model: type,
+    defaults: Mapping[str, Any],
+    deq_settings: DEQSettings | Mapping[str, Any] | None = None,
+    deq_kwargs: Mapping[str, Any] | None = None,
+    keywords: Mapping[str, Any] | None = None,
+) -> DEQSettings:
+    """The :class:`~deqkit.DEQSettings` of a ``model`` built with these arguments.
+
+    The one place a model's DEQ settings are put together, in this order (a later layer
+    wins): the :class:`~deqkit.DEQSettings` defaults, the model's own ``defaults``, then
+    ``deq_settings`` (a dict of some settings, or a whole :class:`~deqkit.DEQSettings`,
+    which replaces the defaults) or its alias ``deq_kwargs`` (a dict), then the keyword
+    settings. A name given both in the dict and as a keyword is an error, and so is a
+    keyword that disagrees with a whole settings object.
+
+    Args:
+        model: The model class (for messages: its constructor names the valid arguments).
+        defaults: The model's own DEQ defaults, e.g. ``{"tol": 1e-3}``.
+        deq_settings: The settings argument of the model. Default ``None``.
+        deq_kwargs: Its older alias, a dict. Default ``None``.
+        keywords: The keyword arguments the model did not take itself. Default ``None``.
 
     Raises:
-        TypeError: an unknown setting name, or ``deq_kwargs`` not a dict.
-        ValueError: a setting given both in ``deq_kwargs`` and as a keyword.
+        TypeError: a keyword that is neither an argument of the model nor a DEQ setting (the
+            message names the model's arguments and the DEQ settings), ``deq_settings`` or
+            ``deq_kwargs`` of the wrong kind or holding an unknown name.
+        ValueError: a setting given twice, or an invalid value (from
+            :class:`~deqkit.DEQSettings`).
     """
-    if deq_kwargs is not None and not isinstance(deq_kwargs, dict):
-        raise TypeError(f"deq_kwargs must be a dict or None, got {type(deq_kwargs).__name__}")
-    given = dict(deq_kwargs or {})
-    unknown = sorted((set(given) | set(explicit)) - set(DEQ_SETTINGS))
+    keywords = dict(keywords or {})
+    unknown = sorted(set(keywords) - set(DEQ_SETTINGS))
     if unknown:
         raise TypeError(
-            f"unknown DEQ setting(s) {', '.join(unknown)}; valid: {', '.join(DEQ_SETTINGS)}"
+            f"{model.__name__} got unknown argument(s) {', '.join(unknown)}; valid: "
+            f"{', '.join(_arguments(model))}, or a DEQ setting ({', '.join(DEQ_SETTINGS)})"
         )
-    both = sorted(set(given) & set(explicit))
+    if deq_settings is not None and deq_kwargs is not None:
+        raise ValueError("give deq_settings or its alias deq_kwargs, not both")
+    given = deq_settings if deq_settings is not None else deq_kwargs
+    name = "deq_settings" if deq_settings is not None else "deq_kwargs"
+    if isinstance(given, DEQSettings):
+        clash = [k for k, v in keywords.items() if given.replace(**{k: v}) != given]
+        if clash:
+            raise ValueError(
+                f"DEQ setting(s) {', '.join(clash)} given both in {name} and as keywords"
+            )
+        return given
+    if given is not None and not isinstance(given, Mapping):
+        raise TypeError(f"{name} must be a DEQSettings, a dict or None, got {type(given).__name__}")
+    given = dict(given or {})
+    bad = sorted(set(given) - set(DEQ_SETTINGS))
+    if bad:
+        raise TypeError(
+            f"unknown DEQ setting(s) {', '.join(bad)} in {name}; valid: {', '.join(DEQ_SETTINGS)}"
+        )
+    both = sorted(set(given) & set(keywords))
     if both:
-        raise ValueError(
-            f"DEQ setting(s) {', '.join(both)} given both in deq_kwargs and as keywords"
-        )
-    return {**defaults, **given, **explicit}
+        raise ValueError(f"DEQ setting(s) {', '.join(both)} given both in {name} and as keywords")
+    return DEQSettings(**{**defaults, **given, **keywords})
+
+
+def _arguments(model: type) -> list[str]:
+    """The named constructor arguments of ``model`` (not ``self``, nor ``**kwargs``)."""
+    try:
+        params = inspect.signature(model).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [p.name for p in params if p.kind not in kinds]
 
 
 def spectral_normalise(cell: nn.Module) -> nn.Module:
@@ -76,9 +123,10 @@ class EquilibriumModel(nn.Module):
     The common protocol of every equilibrium model in :mod:`deqkit.models`, so that
     training and analysis code can treat them alike:
 
-    * ``deq``: the :class:`~deqkit.DEQ` layer wrapping ``cell`` (solver, tolerance, budget,
-      gradient); ``cell`` is ``deq.f``, so its parameters are registered once, under
-      ``deq.f``.
+    * ``deq``: the :class:`~deqkit.DEQ` layer wrapping ``cell``; ``deq.settings`` (a
+      :class:`~deqkit.DEQSettings`: solver, tolerance, budget, gradient) are the model's
+      defaults merged with the ``deq_settings`` it was built with. ``cell`` is ``deq.f``,
+      so its parameters are registered once, under ``deq.f``.
     * ``inject(x)`` runs once per forward; the cell re-injects ``u`` at every iteration.
     * ``readout(z)`` reads any iterate, not only the fixed point.
     * ``forward`` solves with ``deq``; ``iterate`` runs the same cell as a weight-tied
@@ -92,13 +140,17 @@ class EquilibriumModel(nn.Module):
         cell: ``nn.Module`` ``f(z, u) -> z`` (``z`` a tensor or tuple of tensors, batch
             first) with a method ``initial_state(u)``.
         head: ``nn.Module`` mapping a state ``z`` to logits.
-        deq_kwargs: DEQ settings as a dict (see :class:`~deqkit.DEQ`). Default ``None``.
-        **deq_settings: The same settings as keywords (``solver="picard"``, ``tol=1e-5``, ...);
-            a name given in both places is an error. They override the model's defaults.
+        deq_settings: The DEQ settings: a :class:`~deqkit.DEQSettings` (all of them) or a
+            dict of some (``{"solver": "picard", "max_iter": 50}``), over the model's own
+            defaults. Default ``None``: the model's defaults.
+        deq_kwargs: Older alias of ``deq_settings`` (a dict); give one of the two.
+        **deq_keywords: The same settings as keywords (``solver="picard"``, ``tol=1e-5``,
+            ...); a name also given in ``deq_settings`` is an error.
 
     Raises:
-        TypeError: ``cell`` without ``initial_state``, unknown DEQ setting.
-        ValueError: invalid DEQ setting value (checked by :class:`~deqkit.DEQ`).
+        TypeError: ``cell`` without ``initial_state``; an argument that is neither the
+            model's nor a DEQ setting (the message lists both).
+        ValueError: invalid DEQ setting value (checked by :class:`~deqkit.DEQSettings`).
     """
 
     _deq_defaults: ClassVar[dict[str, Any]] = {}
@@ -110,14 +162,18 @@ class EquilibriumModel(nn.Module):
         cell: nn.Module,
         head: nn.Module,
         *,
-        deq_kwargs: dict[str, Any] | None = None,
-        **deq_settings: Any,
+        deq_settings: DEQSettings | Mapping[str, Any] | None = None,
+        deq_kwargs: Mapping[str, Any] | None = None,
+        **deq_keywords: Any,
     ):
+        settings = merge_deq_settings(
+            type(self), self._deq_defaults, deq_settings, deq_kwargs, deq_keywords
+        )
         super().__init__()
         if not callable(getattr(cell, "initial_state", None)):
             raise TypeError(f"cell {type(cell).__name__} must define initial_state(u)")
         self.injection = injection
-        self.deq = DEQ(cell, **merge_deq_settings(self._deq_defaults, deq_kwargs, deq_settings))
+        self.deq = DEQ(cell, settings=settings)
         self.head = head
 
     @property

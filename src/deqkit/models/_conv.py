@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validate import integer, real
+from ..nn import DEQSettings
 from ._base import (
     EquilibriumModel,
     ExplicitModel,
@@ -267,9 +268,10 @@ class DEQConv(EquilibriumModel):
         dropout: Variational dropout in the cell (:class:`VariationalDropout`: one mask per
             forward, shared by every iteration, redrawn at every call of the model in
             training mode), in ``[0, 1)``. Default ``0.0``.
-        deq_kwargs: DEQ settings as a dict. Default ``None`` (the :class:`~deqkit.DEQ`
-            defaults).
-        **deq_settings: The same settings as keywords.
+        deq_settings: DEQ settings, a :class:`~deqkit.DEQSettings` or a dict of some.
+            Default ``None``: the :class:`~deqkit.DEQSettings` defaults.
+        deq_kwargs: Older alias of ``deq_settings`` (a dict).
+        **deq_keywords: The same settings as keywords (``solver="picard"``, ...).
 
     Call:
         ``logits [N, num_classes], info = model(x [N, in_channels, H, W])``; the state is a
@@ -288,14 +290,17 @@ class DEQConv(EquilibriumModel):
         groups: int = 4,
         spectral_norm: bool = False,
         dropout: float = 0.0,
-        deq_kwargs: dict[str, Any] | None = None,
-        **deq_settings: Any,
+        deq_settings: DEQSettings | Mapping[str, Any] | None = None,
+        deq_kwargs: Mapping[str, Any] | None = None,
+        **deq_keywords: Any,
     ):
         channels, injection, head = _parts_of(in_channels, num_classes, channels, groups)
         cell = MultiscaleCell(channels, groups, dropout=dropout)
         if spectral_norm:
             spectral_normalise(cell)
-        super().__init__(injection, cell, head, deq_kwargs=deq_kwargs, **deq_settings)
+        super().__init__(
+            injection, cell, head, deq_settings=deq_settings, deq_kwargs=deq_kwargs, **deq_keywords
+        )
         self.channels = channels
 
     @contextlib.contextmanager

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._validate import choice, integer, real
+from ..nn import DEQSettings
 from ._base import (
     EquilibriumModel,
     ExplicitModel,
@@ -122,9 +124,11 @@ class DEQMLP(EquilibriumModel):
         spectral_norm: Spectral-normalise ``W`` (:func:`deqkit.nn.apply_spectral_norm`), so
             ``||W||_2 <= 1``. The norm layer can still expand, so this bounds but does not
             guarantee a contraction. Default ``False``.
-        deq_kwargs: DEQ settings as a dict. Default ``None`` (the :class:`~deqkit.DEQ`
-            defaults: Anderson, ``tol=1e-4``, ``max_iter=30``, implicit gradient).
-        **deq_settings: The same settings as keywords.
+        deq_settings: DEQ settings, a :class:`~deqkit.DEQSettings` or a dict of some.
+            Default ``None``: the :class:`~deqkit.DEQSettings` defaults (Anderson,
+            ``tol=1e-4``, ``max_iter=30``, phantom gradient).
+        deq_kwargs: Older alias of ``deq_settings`` (a dict).
+        **deq_keywords: The same settings as keywords (``solver="picard"``, ...).
 
     Call:
         ``logits [N, num_classes], info = model(x, z0=None, **overrides)``.
@@ -143,8 +147,9 @@ class DEQMLP(EquilibriumModel):
         groups: int = 8,
         activation: str = "relu",
         spectral_norm: bool = False,
-        deq_kwargs: dict[str, Any] | None = None,
-        **deq_settings: Any,
+        deq_settings: DEQSettings | Mapping[str, Any] | None = None,
+        deq_kwargs: Mapping[str, Any] | None = None,
+        **deq_keywords: Any,
     ):
         integer("in_features", in_features, 1)
         cell = MLPCell(hidden, norm=norm, groups=groups, activation=activation)
@@ -154,8 +159,9 @@ class DEQMLP(EquilibriumModel):
             DenseInjection(in_features, hidden),
             cell,
             _head(hidden, num_classes),
+            deq_settings=deq_settings,
             deq_kwargs=deq_kwargs,
-            **deq_settings,
+            **deq_keywords,
         )
         self.hidden = hidden
 

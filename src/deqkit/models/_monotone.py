@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._validate import integer, real
+from ..nn import DEQSettings
 from ._base import EquilibriumModel
 from ._mlp import DenseInjection, _head
 
@@ -130,9 +131,11 @@ class MonotoneMLP(EquilibriumModel):
         hidden: State width. Default ``64``.
         m: Monotonicity parameter, > 0. Default ``0.5``.
         damping: Step size as a fraction of ``m / L^2``, in ``(0, 2)``. Default ``1.0``.
-        deq_kwargs: DEQ settings as a dict. Defaults here: ``solver="picard"``,
-            ``max_iter=100`` (the rest as :class:`~deqkit.DEQ`).
-        **deq_settings: The same settings as keywords.
+        deq_settings: DEQ settings, a :class:`~deqkit.DEQSettings` or a dict of some.
+            Defaults here: ``solver="picard"``, ``max_iter=100``, ``backward="implicit"``
+            (the rest as :class:`~deqkit.DEQSettings`).
+        deq_kwargs: Older alias of ``deq_settings`` (a dict).
+        **deq_keywords: The same settings as keywords (``solver="anderson"``, ...).
 
     Call:
         ``logits [N, num_classes], info = model(x, z0=None, **overrides)``.
@@ -153,16 +156,18 @@ class MonotoneMLP(EquilibriumModel):
         hidden: int = 64,
         m: float = 0.5,
         damping: float = 1.0,
-        deq_kwargs: dict[str, Any] | None = None,
-        **deq_settings: Any,
+        deq_settings: DEQSettings | Mapping[str, Any] | None = None,
+        deq_kwargs: Mapping[str, Any] | None = None,
+        **deq_keywords: Any,
     ):
         integer("in_features", in_features, 1)
         super().__init__(
             DenseInjection(in_features, hidden),
             MonotoneCell(hidden, m=m, damping=damping),
             _head(hidden, num_classes),
+            deq_settings=deq_settings,
             deq_kwargs=deq_kwargs,
-            **deq_settings,
+            **deq_keywords,
         )
         self.hidden = hidden
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validate import choice, flag, integer, real
+from ..nn import DEQSettings
 from ._base import (
     EquilibriumModel,
     State,
@@ -135,7 +136,7 @@ class RecallNet(EquilibriumModel):
     Two ways to run the same weights, to compare on the same task:
 
     * ``model(x)``: the DEQ, solved to a fixed point, implicit gradient (settings through
-      ``deq_kwargs``/keywords, per call through ``model(x, max_iter=500)``).
+      ``deq_settings``/keywords, per call through ``model(x, max_iter=500)``).
     * ``model.iterate(x, n)``: ``n`` plain steps with backprop through time, a readout at
       every iterate; train it with :func:`progressive_loss`.
 
@@ -161,9 +162,10 @@ class RecallNet(EquilibriumModel):
         spectral_norm: Spectral-normalise every convolution of the cell
             (:func:`deqkit.nn.apply_spectral_norm`). Bounds each layer, but the residual
             blocks can still expand, so a contraction is not guaranteed. Default ``False``.
-        deq_kwargs: DEQ settings as a dict. Default ``None``: ``tol=1e-3``, else the
-            :class:`~deqkit.DEQ` defaults.
-        **deq_settings: The same settings as keywords (``solver``, ``tol``, ``max_iter``,
+        deq_settings: DEQ settings, a :class:`~deqkit.DEQSettings` or a dict of some.
+            Default ``None``: ``tol=1e-3``, else the :class:`~deqkit.DEQSettings` defaults.
+        deq_kwargs: Older alias of ``deq_settings`` (a dict).
+        **deq_keywords: The same settings as keywords (``solver``, ``tol``, ``max_iter``,
             ``backward``, ...).
 
     Raises:
@@ -186,8 +188,9 @@ class RecallNet(EquilibriumModel):
         norm_groups: int | None = None,
         head_channels: Sequence[int] = (32, 8),
         spectral_norm: bool = False,
-        deq_kwargs: dict[str, Any] | None = None,
-        **deq_settings: Any,
+        deq_settings: DEQSettings | Mapping[str, Any] | None = None,
+        deq_kwargs: Mapping[str, Any] | None = None,
+        **deq_keywords: Any,
     ):
         choice("dim", dim, (1, 2))
         integer("in_channels", in_channels, 1)
@@ -211,8 +214,9 @@ class RecallNet(EquilibriumModel):
             RecallInjection(dim, in_channels, width),
             cell,
             nn.Sequential(*layers[:-1]),
+            deq_settings=deq_settings,
             deq_kwargs=deq_kwargs,
-            **deq_settings,
+            **deq_keywords,
         )
         self.dim = dim
         self.width = width

@@ -1,6 +1,7 @@
 """DEQ layers, their gradients, stabilisers and training aids.
 
-* :class:`DEQ`: the layer; :class:`DEQInfo` what a forward pass reports.
+* :class:`DEQ`: the layer; :class:`DEQSettings` its settings (solver, tolerance, budget,
+  gradient) as one frozen object; :class:`DEQInfo` what a forward pass reports.
 * :class:`Implicit`, :class:`Phantom`, :class:`Unrolled` (:class:`Gradient`): its
   gradients, also by alias name (:func:`available_gradients`, :func:`make_gradient`).
 * :class:`Recipe` / :class:`StepPlan`: stabilisers and training aids, composed per step;
@@ -22,11 +23,13 @@ from ._gradients import (
 from ._norms import apply_spectral_norm, apply_weight_norm
 from ._recipe import Recipe, StepPlan
 from ._regularizers import jacobian_frobenius, mixed_init
+from ._settings import DEQSettings
 from ._state import Packer, State
 
 __all__ = [
     "DEQ",
     "DEQInfo",
+    "DEQSettings",
     "Gradient",
     "Implicit",
     "Packer",

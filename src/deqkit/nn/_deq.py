@@ -5,69 +5,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._validate import assign, integer
-from ..solvers import Solver, SolveResult, check_budget, resolve, run
-from ._gradients import Gradient, make_gradient
+from ..solvers import Solver, SolveResult, run
+from ._gradients import Gradient
+from ._settings import SETTINGS, DEQSettings, check_setting_names, equal
 from ._state import Packer, State
 
 __all__ = ["DEQ", "DEQInfo"]
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """The settings of a :class:`DEQ` as given, validated and resolved once.
-
-    ``solver_obj`` (the forward :class:`~deqkit.solvers.Solver`), ``gradient`` (the
-    :class:`Gradient`) and ``bound`` (what the gradient needs of the forward settings, e.g.
-    the adjoint solve of an implicit gradient) are computed in ``__post_init__``, so a call
-    with these settings does no validation.
-    """
-
-    solver: str | Solver = "anderson"
-    tol: float = 1e-4
-    max_iter: int = 30
-    stop: str = "rel"
-    backward: str | Gradient | dict = "phantom"
-    backward_solver: str | Solver | None = None
-    backward_tol: float | None = None
-    backward_max_iter: int | None = None
-    solver_options: dict | None = None
-    backward_options: dict | None = None
-    correction: int = 0
-
-    def __post_init__(self):
-        tol, stop, max_iter = check_budget(self.tol, self.stop, self.max_iter)
-        assign(self, tol=tol, stop=stop, max_iter=max_iter)
-        assign(self, correction=integer("correction", self.correction, 0))
-        set_ = object.__setattr__
-        set_(self, "solver_obj", resolve(self.solver, self.solver_options))
-        gradient = make_gradient(
-            self.backward,
-            backward_solver=self.backward_solver,
-            backward_tol=self.backward_tol,
-            backward_max_iter=self.backward_max_iter,
-            backward_options=self.backward_options,
-        )
-        set_(self, "gradient", gradient)
-        bound = gradient.bind(
-            self.solver, self.solver_options, float(self.tol), self.stop, self.max_iter
-        )
-        if gradient.unrolls and not self.solver_obj.differentiable_steps:
-            raise ValueError(
-                f"backward='unrolled' needs a solver whose steps are differentiable (picard, "
-                f"anderson, broyden); {self.solver_obj.name!r} is not one"
-            )
-        set_(self, "bound", bound)
-
-
-SETTINGS = tuple(f.name for f in dataclasses.fields(_Settings))
 
 
 class DEQInfo:
@@ -147,9 +96,17 @@ class DEQ(nn.Module):
     and on any device. Parametrized weights of ``f`` (spectral or weight norm) are computed
     once per call, so ``f`` is the same map at every iteration.
 
+    The settings are the fields of a :class:`~deqkit.DEQSettings`, given as keywords (below)
+    or as one object, ``DEQ(f, settings=DEQSettings(...))``; either way they are validated
+    and resolved once, and ``deq.settings`` holds them. Assigning a new object
+    (``deq.settings = deq.settings.replace(max_iter=100)``) changes them for every later call.
+
     Args:
         f: ``nn.Module`` or callable, ``f(z, x) -> z``; ``z`` a tensor or tuple of tensors,
             batch first. If ``f.initial_state(x)`` exists it gives the default ``z0``.
+        settings: All settings as one :class:`~deqkit.DEQSettings`. Default ``None``: the
+            keywords below. With an object, leave the keywords at their defaults (a keyword
+            that differs from both its default and the object's value is an error).
         solver: Forward method name or :class:`~deqkit.solvers.Solver`. Default
             ``"anderson"``.
         tol: Forward tolerance. Default ``1e-4``.
@@ -182,13 +139,15 @@ class DEQ(nn.Module):
 
     Raises:
         ValueError / TypeError: invalid settings (at construction or in ``overrides``), no
-            ``z0`` and no ``f.initial_state``, ``f`` returning another shape than ``z0``.
+            ``z0`` and no ``f.initial_state``, ``f`` returning another shape than ``z0``,
+            ``settings`` together with keywords that disagree with it.
     """
 
     def __init__(
         self,
         f: Callable[..., State],
         *,
+        settings: DEQSettings | None = None,
         solver: str | Solver = "anderson",
         tol: float = 1e-4,
         max_iter: int = 30,
@@ -201,24 +160,44 @@ class DEQ(nn.Module):
         backward_options: dict | None = None,
         correction: int = 0,
     ):
+        given = {name: value for name, value in locals().items() if name in SETTINGS}
         super().__init__()
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or callable f(z, x), got {type(f).__name__}")
         self.f = f
-        self._resolved: dict[str, _Settings] = {}  # per override set, see resolved()
-        self.settings = _Settings(
-            solver,
-            tol,
-            max_iter,
-            stop,
-            backward,
-            backward_solver,
-            backward_tol,
-            backward_max_iter,
-            solver_options,
-            backward_options,
-            correction,
-        )
+        if settings is None:
+            settings = DEQSettings(**given)
+        elif not isinstance(settings, DEQSettings):
+            raise TypeError(
+                f"settings must be a DEQSettings or None, got {type(settings).__name__}"
+            )
+        else:
+            defaults = DEQSettings.__dataclass_fields__
+            clash = [
+                name
+                for name, value in given.items()
+                if not equal(value, defaults[name].default)
+                and not equal(value, getattr(settings, name))
+            ]
+            if clash:
+                shown = ", ".join(f"{name}={given[name]!r}" for name in clash)
+                raise ValueError(
+                    f"DEQ got settings={settings!r} and {shown}, which disagree: give each "
+                    f"setting in one place, e.g. settings=settings.replace({shown})"
+                )
+        self.settings = settings
+
+    @property
+    def settings(self) -> DEQSettings:
+        """The layer's :class:`~deqkit.DEQSettings`; assign a new object to change them."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: DEQSettings) -> None:
+        if not isinstance(value, DEQSettings):
+            raise TypeError(f"settings must be a DEQSettings, got {type(value).__name__}")
+        self._settings = value
+        self._resolved: dict[str, DEQSettings] = {}  # per override set, see resolved()
 
     def initial_state(self, x: Any) -> State:
         """``f.initial_state(x)``; raises ``ValueError`` if ``f`` does not define it."""
@@ -277,15 +256,11 @@ class DEQ(nn.Module):
         )
         return out + (f", correction={s.correction}" if s.correction else "")
 
-    def resolved(self, **overrides: Any) -> _Settings:
+    def resolved(self, **overrides: Any) -> DEQSettings:
         """The settings of a call with ``overrides``, validated once per override set."""
         if not overrides:
             return self.settings
-        unknown = sorted(set(overrides) - set(SETTINGS))
-        if unknown:
-            raise TypeError(
-                f"unknown DEQ setting(s) {', '.join(unknown)}; valid: {', '.join(SETTINGS)}"
-            )
+        check_setting_names(overrides)
         try:
             key = f"{id(self.settings)}:{sorted(overrides.items())!r}"
         except TypeError:  # unorderable values: resolve without the cache
@@ -323,8 +298,8 @@ class DEQ(nn.Module):
         info.corrections = [packer.unpack(c) for c in info.corrections]
         return packer.unpack(z), info
 
-    def _solve(self, fx, z0: Tensor, s: _Settings) -> tuple[Tensor, DEQInfo]:
-        # The settings were validated and the solver resolved once (_Settings): the loop
+    def _solve(self, fx, z0: Tensor, s: DEQSettings) -> tuple[Tensor, DEQInfo]:
+        # The settings were validated and the solver resolved once (DEQSettings): the loop
         # runs directly, and only the per-call input z0 is checked.
         _check_start(z0)
         recording = torch.is_grad_enabled()

@@ -45,7 +45,9 @@ class Recipe:
       :class:`Unrolled`), then the DEQ's own solver and gradient take over. With
       ``pretrain_solver=None`` and ``pretrain_iters=None`` the DEQ keeps its solver and
       budget and only the gradient changes (e.g. :class:`Phantom` first, then the exact
-      implicit gradient).
+      implicit gradient). While pretraining, the layer's ``backward_*`` settings are left
+      out (the pretraining gradient is an object with its own), and so are its
+      ``solver_options`` when ``pretrain_solver`` replaces its solver.
     * **Jacobian regularisation** (Bai, Koltun & Kolter 2021): add
       ``jac_weight * mean(||J||_F^2 / n)`` (Hutchinson, ``jac_samples`` probes) on every
       ``jac_every``-th step from step ``jac_start`` on, before step ``jac_stop``.
@@ -140,8 +142,9 @@ class Recipe:
                 ``None`` when ``max_iter`` is given or jitter is off.
             max_iter: The forward budget to jitter around. Default ``deq``'s (after
                 ``overrides``).
-            overrides: DEQ settings the caller passes every call anyway (a config's);
-                the plan's overrides start from them.
+            overrides: DEQ settings the caller passes every call anyway; the plan's
+                overrides start from them. Default ``None`` (``deqkit train`` builds the
+                model with its config's settings and passes none).
             generator: Random generator for the budget jitter and the initial states.
 
         Returns:
@@ -151,12 +154,14 @@ class Recipe:
         out = dict(overrides or {})
         pretraining = step < self.pretrain_steps
         if pretraining:
+            # The pretraining gradient and solver come with their own defaults: the layer's
+            # adjoint settings and solver hyperparameters belong to its own gradient/solver.
             out["backward"] = self.pretrain_gradient
             for key in ("backward_solver", "backward_tol", "backward_max_iter", "backward_options"):
-                out.pop(key, None)
+                out[key] = None
             if self.pretrain_solver is not None:
                 out["solver"] = self.pretrain_solver
-                out.pop("solver_options", None)
+                out["solver_options"] = None
             if self.pretrain_iters is not None:
                 out["max_iter"] = self.pretrain_iters
         if self.max_iter_jitter:

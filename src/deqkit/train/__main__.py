@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import sys
@@ -24,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from ..models import available_models
-from ..nn import DEQ, available_gradients
+from ..nn import DEQSettings, available_gradients
 from ..solvers import available as available_solvers
 from ..tasks import available_tasks, describe_difficulties, get_task
 from ..utils import OneLineArgumentParser
 from ._choices import AMP, DEFAULT_STEPS, DEVICES, MODES
 from ._config import TrainConfig, load_config
+from ._deq_table import set_key
 from ._files import CONFIG
 from ._loop import train
 
@@ -84,7 +84,7 @@ def _by_value(mapping: dict[str, Any]) -> str:
 def _help() -> dict[str, str]:
     """Help of the config shortcuts: meaning, valid values, default (TrainConfig's)."""
     # the DEQ defaults, which a model's own settings start from
-    deq = {k: v.default for k, v in inspect.signature(DEQ).parameters.items()}
+    deq = {f.name: f.default for f in dataclasses.fields(DEQSettings)}
     solvers = ", ".join(available_solvers())
     models = ", ".join(available_models())
     procedural = available_tasks(procedural=True)
@@ -217,7 +217,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` that parsed flags describe.
 
     The base is the ``--config`` file, else ``RUN_DIR/config.json`` when resuming, else the
-    ``TrainConfig`` defaults (prefix sums at 16 bits); the other flags are applied on top.
+    ``TrainConfig`` defaults (prefix sums at 16 bits); the other flags are applied on top
+    (``--tol`` and ``--set tol=...`` set ``deq.tol``; ``--set deq=...`` the whole table).
     """
     base: dict[str, Any] = {}
     run_dir = args.resume if isinstance(args.resume, str) else None
@@ -229,9 +230,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = load_config(Path(run_dir) / CONFIG).to_dict()
     if run_dir is not None:
         base["out_dir"] = run_dir
-    for name in _SHORTCUTS:
+    for name in _SHORTCUTS:  # a DEQ setting (--tol) sets that entry of base["deq"]
         if getattr(args, name) is not None:
-            base[name] = getattr(args, name)
+            set_key(base, name, getattr(args, name))
     if args.width is not None:
         base["model_kwargs"] = {**base.get("model_kwargs", {}), "width": args.width}
     if args.eval_difficulties is not None:
@@ -242,7 +243,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        base[key.strip()] = _value(text)
+        set_key(base, key.strip(), _value(text))
     return TrainConfig.from_dict(base)
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from .._validate import choice, flag, integer, invalid, real
-from ..nn import DEQ
+from ..nn import DEQSettings
 from ..tasks import available_tasks, get_task
 from ._choices import (
     AMP,
@@ -106,14 +106,8 @@ def validate(config: TrainConfig) -> None:
 
 
 def _check_mode(config: TrainConfig) -> None:
-    """The solver and recipe fields (deq mode, checked by a throwaway DEQ and the Recipe)
-    or the recurrent ones, never the other mode's."""
-    integer("max_iter", config.max_iter, 1, optional=True)
-    # The DEQ checks these too (below); here they are named as the config names them.
-    real("tol", config.tol, 0.0, low_open=True, optional=True)
-    choice("stop", config.stop, ("abs", "rel"), optional=True)
-    real("backward_tol", config.backward_tol, 0.0, low_open=True, optional=True)
-    integer("backward_max_iter", config.backward_max_iter, 1, optional=True)
+    """The DEQ settings (checked by :class:`~deqkit.DEQSettings`) and the recipe fields
+    (deq mode, by the Recipe) or the recurrent ones, never the other mode's."""
     defaults = {f.name: f for f in dataclasses.fields(config)}
 
     def default(name: str) -> Any:
@@ -121,12 +115,14 @@ def _check_mode(config: TrainConfig) -> None:
         return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
     if config.mode == "recurrent":
-        changed = [n for n in DEQ_ONLY_FIELDS if getattr(config, n) != default(n)]
+        changed = [n for n in config.deq if n != "max_iter"]
+        changed += [n for n in DEQ_ONLY_FIELDS if getattr(config, n) != default(n)]
         if changed:
             raise ValueError(
                 f"{', '.join(changed)} apply to mode='deq' only; mode='recurrent' runs "
                 "train_iters weight-tied iterations (max_iter sets the evaluation count)"
             )
+        _check_deq(config)
         integer("train_iters", config.train_iters, 1)
         real("progressive_alpha", config.progressive_alpha, low=0.0, high=1.0)
         return
@@ -140,12 +136,18 @@ def _check_mode(config: TrainConfig) -> None:
     except (TypeError, ValueError) as err:
         message = str(err).replace("Recipe ", "").replace("jac_weight", "jac_penalty")
         raise type(err)(message.replace("pretrain_gradient", "pretrain_backward")) from err
+    _check_deq(config)
+
+
+def _check_deq(config: TrainConfig) -> None:
+    """The DEQ settings given, checked where the config is built rather than at the first
+    step, by :class:`~deqkit.DEQSettings` with its defaults for the settings left to the
+    model. A message naming the setting (``Invalid max_iter: ...``) is passed on as it is."""
     try:
-        # The DEQ validates its own settings; a throwaway layer checks them here, where
-        # the config is built, rather than at the first training step (settings left to
-        # the model are checked with the DEQ defaults in their place).
-        DEQ(_identity, **config.solver_overrides())
+        DEQSettings(**config.deq)
     except (TypeError, ValueError) as err:
+        if str(err).startswith("Invalid "):
+            raise
         raise type(err)(f"invalid solver settings: {err}") from err
 
 
@@ -153,7 +155,3 @@ def _procedural_names() -> str:
     """``"prefix_sums and mazes"``: the procedural tasks, for messages."""
     names = available_tasks(procedural=True)
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def _identity(z: Any, x: Any) -> Any:
-    return z

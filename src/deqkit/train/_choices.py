@@ -3,6 +3,10 @@ that the checks and a resume treat alike."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from ..nn import DEQSettings
+
 # What each task is (generator or loader, default model, difficulty range, metric) is its
 # entry in the task registry, deqkit.tasks (tasks/_registry.py); nothing here names a task.
 DEFAULT_STEPS = 1000
@@ -15,19 +19,10 @@ AMP = ("none", "bf16")
 DTYPES = ("float32", "float64")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
-# The DEQ settings a config may give, passed to every call of the model's DEQ as overrides.
-SOLVER_OVERRIDES = (
-    "solver",
-    "solver_options",
-    "tol",
-    "max_iter",
-    "stop",
-    "backward",
-    "backward_options",
-    "backward_solver",
-    "backward_tol",
-    "backward_max_iter",
-)
+# The DEQ settings a config may give, in its ``deq`` table (or as top-level keys, the older
+# form): the fields of deqkit.DEQSettings but ``correction``, which is a recipe field here
+# (it comes with its loss weights, correction_gamma).
+DEQ_KEYS = tuple(f.name for f in dataclasses.fields(DEQSettings) if f.name not in ("correction",))
 
 # Fields a resumed run may change: they do not alter the optimisation trajectory up to the
 # checkpoint. ``steps`` and ``epochs`` would bend a cosine schedule from there on, so
@@ -68,18 +63,7 @@ RECIPE_FIELDS = {
     "max_iter_jitter": "max_iter_jitter",
     "weight_norm": "weight_norm",
 }
-# Fields of the DEQ solve and its recipes: in recurrent mode they must stay at their
-# defaults (``max_iter`` is not among them: it is the evaluation iteration count there).
-DEQ_ONLY_FIELDS = (
-    "solver",
-    "solver_options",
-    "tol",
-    "stop",
-    "backward",
-    "backward_options",
-    "backward_solver",
-    "backward_tol",
-    "backward_max_iter",
-    *RECIPE_FIELDS,
-)
+# Fields of the DEQ recipes: in recurrent mode they must stay at their defaults, and so
+# must the ``deq`` settings but ``max_iter`` (the evaluation iteration count there).
+DEQ_ONLY_FIELDS = tuple(RECIPE_FIELDS)
 RECURRENT_ONLY_FIELDS = ("train_iters", "progressive_alpha")

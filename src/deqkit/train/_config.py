@@ -13,7 +13,8 @@ from typing import Any
 from ..nn import Recipe
 from ..tasks import Task, get_task
 from ._checks import validate
-from ._choices import RECIPE_FIELDS, RESUMABLE_FIELDS, SOLVER_OVERRIDES
+from ._choices import DEQ_KEYS, RECIPE_FIELDS, RESUMABLE_FIELDS
+from ._deq_table import add_views, flat_keywords, normalise, read_flat, set_key
 
 __all__ = ["RESUMABLE_FIELDS", "TrainConfig", "load_config"]
 
@@ -55,25 +56,34 @@ class TrainConfig:
             ``norm_groups=4``, as in every measured configuration). Default ``{}``.
         dtype: ``"float32"`` (default) or ``"float64"``, for the parameters and inputs.
 
-    Solver (``mode="deq"``): each setting given here is passed to every call of the model's
-    DEQ as an override; ``None`` (the default for all) keeps the model's own setting (e.g.
-    ``monotone_mlp`` solves with picard, 100 evaluations, implicit gradient; the recall
-    networks with ``tol=1e-3``; the others with the :class:`~deqkit.DEQ` defaults: anderson,
-    ``tol=1e-4``, 30 evaluations, ``Phantom(5, 0.5)``).
+    DEQ settings:
         mode: ``"deq"`` (solve for the fixed point, implicit/phantom/unrolled gradient) or
             ``"recurrent"`` (a fixed number of weight-tied iterations trained with
             :func:`deqkit.models.progressive_loss`). Default ``"deq"``.
-        solver: Forward solver name (``"anderson"``, ``"picard"``, ``"broyden"``, ...).
-        solver_options: Forward solver hyperparameters, e.g. ``{"m": 6}``.
-        tol: Forward tolerance.
-        max_iter: Forward budget in deq mode; in recurrent mode the number of iterations
-            run at evaluation (default ``train_iters``).
-        stop: ``"rel"`` or ``"abs"``.
-        backward: ``"implicit"``, ``"phantom"`` or ``"unrolled"``, or a gradient spec
-            table (``{ name = "implicit", fallback = { name = "phantom", k = 5 } }``, see
-            :func:`deqkit.nn.make_gradient`).
-        backward_options: Phantom ``k``/``tau`` or the adjoint solver's hyperparameters.
-        backward_solver, backward_tol, backward_max_iter: Adjoint solve (implicit only).
+        deq: The :class:`deqkit.DEQSettings` given for the model's DEQ, by name: a TOML
+            ``[deq]`` table or JSON object such as ``{"solver": "anderson", "tol": 1e-3,
+            "max_iter": 30, "backward": "phantom"}``. The model is built with them
+            (:func:`model_from_config`: its own defaults, then these); a setting left out
+            keeps the model's own (``monotone_mlp`` solves with picard, 100 evaluations,
+            implicit gradient; the recall networks with ``tol=1e-3``; the others with the
+            :class:`~deqkit.DEQSettings` defaults: anderson, ``tol=1e-4``, 30 evaluations,
+            ``Phantom(5, 0.5)``). Only evaluation changes them per call (``max_iter``,
+            ``tol``: :func:`evaluate`; the solver and budgets of the studies). Keys:
+            ``solver`` (forward solver name), ``solver_options`` (its hyperparameters, e.g.
+            ``{"m": 6}``), ``tol``, ``max_iter``, ``stop`` (``"rel"``/``"abs"``),
+            ``backward`` (``"implicit"``, ``"phantom"``, ``"unrolled"``, or a spec table
+            ``{ name = "implicit", fallback = { name = "phantom", k = 5 } }``, see
+            :func:`deqkit.nn.make_gradient`), ``backward_options`` (phantom ``k``/``tau``
+            or the adjoint solver's hyperparameters), ``backward_solver``, ``backward_tol``,
+            ``backward_max_iter`` (the adjoint solve, implicit only); ``correction`` is the
+            recipe field below. In recurrent mode only ``max_iter`` may be given: the
+            number of iterations run at evaluation (default ``train_iters``). Default ``{}``.
+
+        The same settings may be given as top-level keys and keywords, the older form
+        (``solver = "anderson"``, ``TrainConfig(tol=1e-3)``); they are read into ``deq``
+        (in a file or :meth:`from_dict`, giving one both ways is an error; a keyword of the
+        constructor or of ``dataclasses.replace`` sets that entry, ``None`` removes it), and
+        ``config.tol`` and the like read ``deq`` (``None`` where not given).
 
     Recipes (``mode="deq"``; the fields of :class:`deqkit.nn.Recipe`, all off by default):
         pretrain_steps, pretrain_iters, pretrain_solver, pretrain_backward: Train the first
@@ -145,16 +155,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     mode: str = "deq"
-    solver: str | None = None
-    solver_options: dict[str, Any] | None = None
-    tol: float | None = None
-    max_iter: int | None = None
-    stop: str | None = None
-    backward: str | dict[str, Any] | None = None
-    backward_options: dict[str, Any] | None = None
-    backward_solver: str | None = None
-    backward_tol: float | None = None
-    backward_max_iter: int | None = None
+    deq: dict[str, Any] = field(default_factory=dict)
     jac_penalty: float = 0.0
     jac_samples: int = 1
     jac_every: int = 1
@@ -198,13 +199,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once, here
-        for name in ("model_kwargs", "solver_options", "backward_options"):
+        for name in ("model_kwargs", "deq"):
             value = getattr(self, name)
-            if value is None and name != "model_kwargs":
-                continue
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise TypeError(f"{name} must be a dict with string keys, got {value!r}")
             set_(self, name, dict(value))
+        set_(self, "deq", normalise(self.deq))
         if self.eval_difficulties is not None:
             if isinstance(self.eval_difficulties, str | bytes) or not hasattr(
                 self.eval_difficulties, "__iter__"
@@ -213,9 +213,8 @@ class TrainConfig:
                     f"eval_difficulties must be a list of ints, got {self.eval_difficulties!r}"
                 )
             set_(self, "eval_difficulties", tuple(self.eval_difficulties))
-        for name in ("backward", "pretrain_backward"):
-            if isinstance(getattr(self, name), dict):
-                set_(self, name, dict(getattr(self, name)))
+        if isinstance(self.pretrain_backward, dict):
+            set_(self, "pretrain_backward", dict(self.pretrain_backward))
         for name in (
             "lr",
             "weight_decay",
@@ -228,9 +227,8 @@ class TrainConfig:
         ):
             if _is_int(getattr(self, name)):
                 set_(self, name, float(getattr(self, name)))
-        for name in ("tol", "backward_tol", "grad_clip"):
-            if _is_int(getattr(self, name)):
-                set_(self, name, float(getattr(self, name)))
+        if _is_int(self.grad_clip):
+            set_(self, "grad_clip", float(self.grad_clip))
         if self.out_dir is not None and isinstance(self.out_dir, Path):
             set_(self, "out_dir", str(self.out_dir))
         validate(self)
@@ -245,8 +243,9 @@ class TrainConfig:
         return Recipe(**{field: getattr(self, name) for name, field in RECIPE_FIELDS.items()})
 
     def solver_overrides(self) -> dict[str, Any]:
-        """The DEQ settings given (not ``None``): overrides for every call in deq mode."""
-        return {n: getattr(self, n) for n in SOLVER_OVERRIDES if getattr(self, n) is not None}
+        """The DEQ settings given, a copy of ``deq`` (what the model is built with in deq
+        mode). The older name of ``dict(config.deq)``; nothing passes them per call."""
+        return dict(self.deq)
 
     @property
     def task_spec(self) -> Task:
@@ -306,21 +305,35 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise TypeError(f"config must be a dict, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names - set(DEQ_KEYS))
         if unknown:
             raise ValueError(
                 f"unknown config key(s): {', '.join(unknown)}; valid keys: "
-                f"{', '.join(sorted(names))}"
+                f"{', '.join(sorted(names))} (and the deq settings as top-level keys: "
+                f"{', '.join(DEQ_KEYS)})"
             )
+        data = read_flat(data)
         return cls(**data)
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes`` applied and re-validated; unknown names raise ValueError."""
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with ``changes`` applied and re-validated; unknown names raise ValueError.
+
+        A DEQ setting given by name (``with_overrides(tol=1e-5)``) sets that entry of
+        ``deq`` (``None`` removes it); ``deq={...}`` replaces the whole table.
+        """
+        data = self.to_dict()
+        for key, value in changes.items():
+            set_key(data, key, value)
+        return TrainConfig.from_dict(data)
+
+
+TrainConfig.__init__ = flat_keywords(TrainConfig.__init__)  # type: ignore[method-assign]
+add_views(TrainConfig)
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a :class:`TrainConfig` from a ``.json`` or ``.toml`` file (a flat table of fields).
+    """Read a :class:`TrainConfig` from a ``.json`` or ``.toml`` file: a table of fields,
+    the DEQ settings in a ``[deq]`` table or as top-level keys (not both for one setting).
 
     Raises:
         ValueError: Unknown suffix, unknown keys or invalid values.

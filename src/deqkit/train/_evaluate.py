@@ -83,14 +83,14 @@ def evaluate_on(
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     x_all, y_all = data.eval_set(difficulty, n)
     equilibrium = is_equilibrium(model)
-    overrides = config.solver_overrides()
+    overrides: dict[str, Any] = {}  # what this evaluation changes; the rest is the model's
     if max_iter is not None:
         overrides["max_iter"] = max_iter
     if tol is not None:
         overrides["tol"] = tol
     settings = getattr(getattr(model, "deq", None), "settings", None)
     if config.mode == "recurrent":
-        budget = max_iter or config.max_iter or config.train_iters
+        budget = max_iter or config.deq.get("max_iter") or config.train_iters
         used_tol = None
     elif equilibrium:
         budget = overrides.get("max_iter", getattr(settings, "max_iter", None))
@@ -173,8 +173,10 @@ def evaluate(
             difficulty. Must be ``None`` for data sets.
         n: Number of samples; default ``config.eval_size`` (or 1000 / the whole test split).
         max_iter: Forward budget for this evaluation (test-time compute); in recurrent mode
-            the number of iterations. Default ``config.max_iter``.
-        tol: Forward tolerance (deq mode). Default ``config.tol``.
+            the number of iterations. Default: the model's (``model.deq.settings``, built
+            with ``config.deq``); in recurrent mode ``config.deq["max_iter"]``, else
+            ``train_iters``.
+        tol: Forward tolerance (deq mode). Default: the model's.
         batch_size: Default ``config.eval_batch_size`` or ``config.batch_size``.
 
     Returns:

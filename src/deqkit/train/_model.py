@@ -67,6 +67,8 @@ def _factory(name: str) -> tuple[Callable[..., nn.Module], Callable[..., Any]]:
 def model_from_config(config: TrainConfig) -> nn.Module:
     """The model ``config`` names, in ``config.dtype``, on the CPU, in training mode.
 
+    In deq mode its DEQ is built with ``config.deq`` over the model's own settings
+    (``model.deq.settings``); an explicit model, which has no DEQ, ignores them.
     Shape facts of the task (``in_channels``, ``in_features``, ``num_classes``,
     ``input_shape``) are passed when the builder names them as parameters and
     ``config.model_kwargs`` does not already give them. Seed torch before calling for a
@@ -106,6 +108,15 @@ def build(config: TrainConfig, data: Data) -> nn.Module:
             f"mode='recurrent' needs an equilibrium model with iterate(); "
             f"{config.model_name!r} is not one"
         )
+    if config.mode == "deq" and config.deq and is_equilibrium(model):
+        # The config's DEQ settings over the model's own (its defaults and any setting in
+        # model_kwargs): the model holds them, no call passes them again.
+        try:
+            model.deq.settings = model.deq.settings.replace(**config.deq)
+        except (TypeError, ValueError) as err:
+            raise type(err)(
+                f"model {config.model_name!r} with the deq settings {config.deq}: {err}"
+            ) from err
     if config.weight_norm:
         if not is_equilibrium(model):
             raise ValueError(
@@ -159,7 +170,8 @@ class Objective(nn.Module):
 
     Args:
         model: The model, as :func:`model_from_config` builds it.
-        config: The run's config (mode, recipes, solver overrides, ``amp``).
+        config: The run's config (mode, recipes, ``amp``; the DEQ settings are the
+            model's, built with ``config.deq``).
         device: Where the batches are (for autocast).
     """
 
@@ -170,7 +182,6 @@ class Objective(nn.Module):
         self.device = device
         self.equilibrium = is_equilibrium(model)
         self.recipe = config.recipe()
-        self.overrides = config.solver_overrides()
 
     def forward(
         self, x: Tensor, y: Tensor, generator: torch.Generator, step: int = 0
@@ -186,7 +197,7 @@ class Objective(nn.Module):
             if not self.equilibrium:
                 logits, info = model(x)
                 return F.cross_entropy(full_precision(logits), y), logits, info, None
-            plan = self.recipe.plan(step, model.deq, overrides=self.overrides, generator=generator)
+            plan = self.recipe.plan(step, model.deq, generator=generator)
             z0 = None
             if self.recipe.init != "zeros":
                 z0 = plan.initial_state(model.initial_state(x))
