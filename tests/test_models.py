@@ -720,3 +720,16 @@ def test_variational_dropout_keeps_the_implicit_gradient_exact():
     model.readout(z).square().sum().backward()
     for a, b in zip(implicit, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+def test_deq_conv_defaults_to_the_measured_phantom_horizon_and_recall_keeps_the_layers():
+    # DEQConv's default gradient is Phantom(8, 0.7) (measured on digits, docs/results.md
+    # section 0); the recall networks keep the layer's Phantom(5, 0.5); a setting given
+    # replaces the model's default, and the alias string still means Phantom(5, 0.5).
+    assert models.DEQConv().deq.settings.gradient == deqkit.Phantom(8, 0.7)
+    assert models.RecallNet(1, 1).deq.settings.gradient == deqkit.Phantom(5, 0.5)
+    assert models.DEQConv(backward="phantom").deq.settings.gradient == deqkit.Phantom(5, 0.5)
+    built = models.build_model("deq_conv", in_channels=1, num_classes=10)
+    assert built.deq.settings.gradient == deqkit.Phantom(8, 0.7)
+    implicit = models.DEQConv(deq_settings={"backward": "implicit"}).deq.settings.gradient
+    assert isinstance(implicit, deqkit.Implicit)

@@ -67,8 +67,9 @@ class TrainConfig:
             keeps the model's own (``monotone_mlp`` solves with picard, 100 evaluations,
             implicit gradient; the recall networks with ``tol=1e-3``; the others with the
             :class:`~deqkit.DEQSettings` defaults: anderson, ``tol=1e-4``, 30 evaluations,
-            ``Phantom(5, 0.5)``). Only evaluation changes them per call (``max_iter``,
-            ``tol``: :func:`evaluate`; the solver and budgets of the studies). Keys:
+            ``Phantom(5, 0.5)``, except ``deq_conv``'s gradient, ``Phantom(8, 0.7)``). Only
+            evaluation changes them per call (``max_iter``, ``tol``: :func:`evaluate`; the
+            solver and budgets of the studies). Keys:
             ``solver`` (forward solver name), ``solver_options`` (its hyperparameters, e.g.
             ``{"m": 6}``), ``tol``, ``max_iter``, ``stop`` (``"rel"``/``"abs"``),
             ``backward`` (``"implicit"``, ``"phantom"``, ``"unrolled"``, or a spec table
