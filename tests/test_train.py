@@ -615,6 +615,30 @@ def test_resume_of_a_checkpoint_written_before_a_config_field_existed(tmp_path):
     assert train(dataclasses.replace(c, steps=4), resume=True, progress=False).step == 4
 
 
+def test_resume_refuses_a_model_whose_default_deq_settings_changed(tmp_path, capsys):
+    # The config holds only the DEQ settings given; a checkpoint records the ones its model
+    # ran with, so a default changed by a newer deqkit (DEQConv's gradient did) cannot
+    # silently change a resumed run. A checkpoint without the record is not checked.
+    c = small(tmp_path, steps=3, schedule="constant")
+    train(c, progress=False)
+    path = Path(c.out_dir) / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["deq_settings"].startswith("DEQSettings(solver=")
+    old = state["deq_settings"]
+    state["deq_settings"] = old.replace("backward=", "backward=Phantom(k=2), was=")
+    torch.save(state, path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"cannot resume .*trained with DEQSettings.*k=2.*builds"):
+        train(dataclasses.replace(c, steps=4), resume=True, progress=False)
+    assert main(["--resume", c.out_dir, "--steps", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a default changed" in err[0], err
+    assert path.read_bytes() == before
+    del state["deq_settings"]  # written before the record existed
+    torch.save(state, path)
+    assert train(dataclasses.replace(c, steps=4), resume=True, progress=False).step == 4
+
+
 def test_sigint_finishes_the_step_saves_and_raises(tmp_path):
     def ctrl_c(event: StepEvent) -> None:
         if event.step == 2:

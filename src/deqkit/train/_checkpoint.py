@@ -11,9 +11,36 @@ from torch import nn
 from .. import __version__
 from ._config import TrainConfig
 from ._files import CHECKPOINT, FORMAT, get_rng_state, read_checkpoint, save_atomic
-from ._model import model_from_config
+from ._model import is_equilibrium, model_from_config
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["check_deq_settings", "deq_settings_text", "load_checkpoint", "save_checkpoint"]
+
+
+def deq_settings_text(model: nn.Module) -> str | None:
+    """``repr(model.deq.settings)`` of an equilibrium model (solver, tolerance, budget,
+    gradient and every other setting not at its default), ``None`` for an explicit one."""
+    return repr(model.deq.settings) if is_equilibrium(model) else None
+
+
+def check_deq_settings(state: dict[str, Any], model: nn.Module, path: Path) -> None:
+    """Refuse to continue a run whose model now gets other DEQ settings than it trained with.
+
+    The config holds only the settings a user gave; the others are the model's defaults,
+    which a newer deqkit may have changed (``DEQConv``'s gradient did). A checkpoint records
+    the settings its model ran with (``deq_settings``); one written before that record
+    existed is not checked.
+
+    Raises:
+        ValueError: the recorded settings differ from ``model``'s, both named.
+    """
+    saved = state.get("deq_settings")
+    now = deq_settings_text(model)
+    if saved is not None and saved != now:
+        raise ValueError(
+            f"cannot resume {path}: its model trained with {saved}, but this deqkit builds "
+            f"{now} from the same config (a default changed); continuing would change the "
+            "run. Start a fresh run, or use the deqkit version that wrote the checkpoint"
+        )
 
 
 def save_checkpoint(
@@ -33,7 +60,8 @@ def save_checkpoint(
     The checkpoint dict holds ``format``, ``config`` (as a dict), ``step``, the ``model``,
     ``optimizer`` and ``scheduler`` states, ``rng`` (torch, CUDA, NumPy and Python random
     states, taken now), every metrics ``records`` so far, ``elapsed`` seconds, the
-    ``world_size`` and the deqkit and torch ``versions``.
+    ``world_size``, the deqkit and torch ``versions``, and ``deq_settings``, the
+    :func:`deq_settings_text` of the model (checked on resume by :func:`check_deq_settings`).
     """
     payload = {
         "format": FORMAT,
@@ -47,6 +75,7 @@ def save_checkpoint(
         "elapsed": elapsed,
         "world_size": world_size,
         "versions": {"deqkit": __version__, "torch": str(torch.__version__)},
+        "deq_settings": deq_settings_text(model),
     }
     return save_atomic(payload, path)
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .._io import write_json_atomic
 from . import _dist
-from ._checkpoint import save_checkpoint
+from ._checkpoint import check_deq_settings, save_checkpoint
 from ._config import TrainConfig
 from ._data import LOSS_STREAM, STEP_STREAM, Data, mix_seed
 from ._evaluate import evaluate_on
@@ -196,6 +196,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(c, self.total))
         self.step, self.elapsed, records = 0, 0.0, []
         if state is not None:
+            check_deq_settings(state, self.model, self.folder)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
