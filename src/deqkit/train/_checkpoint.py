@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,13 @@ __all__ = ["check_deq_settings", "deq_settings_text", "load_checkpoint", "save_c
 
 def deq_settings_text(model: nn.Module) -> str | None:
     """``repr(model.deq.settings)`` of an equilibrium model (solver, tolerance, budget,
-    gradient and every other setting not at its default), ``None`` for an explicit one."""
-    return repr(model.deq.settings) if is_equilibrium(model) else None
+    gradient and every other setting not at its default); ``None`` for an explicit one, or
+    where the text names an object by its address (a solver or gradient of the user's own
+    without a ``repr``), which differs between processes."""
+    if not is_equilibrium(model):
+        return None
+    text = repr(model.deq.settings)
+    return None if re.search(r" at 0x[0-9a-fA-F]+", text) else text
 
 
 def check_deq_settings(state: dict[str, Any], model: nn.Module, path: Path) -> None:
