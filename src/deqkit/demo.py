@@ -23,7 +23,6 @@ from . import analysis
 from ._io import write_json_atomic
 from ._validate import choice, integer
 from .report import Report, markdown_table
-from .study import compare_solvers, contraction, sweep
 from .train import Data, TrainConfig, train
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -144,14 +143,16 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
     n_params = model.num_parameters()
 
     _say(f"2/5 test-time compute: difficulties {list(test_ds)}, budgets {budgets}")
-    curve = sweep(model, tc, difficulties=test_ds, iterations=budgets, n=n_eval, out_dir=out)
+    curve = analysis.sweep(
+        model, tc, difficulties=test_ds, iterations=budgets, n=n_eval, out_dir=out
+    )
     print(curve.table, flush=True)
 
     data = Data(tc)
     device = next(model.parameters()).device
     x_cmp, _ = data.eval_set(test_ds[1], 32 if cfg.fast else 128)
     _say(f"3/5 solvers at the fixed points (difficulty {test_ds[1]}, {len(x_cmp)} samples)")
-    solver_rows, traces = compare_solvers(
+    solver_rows, traces = analysis.compare_solvers(
         model,
         x_cmp.to(device),
         tol=1e-4,
@@ -165,11 +166,11 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
         ["solver", "median evaluations", "max evaluations", "converged", "median time (ms)"],
         [
             [
-                r["method"],
-                f"{r['median_evals']:.0f}",
-                r["max_evals"],
-                f"{100 * r['converged']:.0f}%",
-                f"{r['time_ms']:.1f}",
+                r.method,
+                f"{r.median_evals:.0f}",
+                r.max_evals,
+                f"{100 * r.converged:.0f}%",
+                f"{r.time_ms:.1f}",
             ]
             for r in solver_rows
         ],
@@ -181,12 +182,12 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
     stats = {}
     for d in test_ds[:2]:
         x_d, _ = data.eval_set(d, 16 if cfg.fast else 64)
-        stats[d] = contraction(
+        stats[d] = analysis.contraction(
             model, x_d.to(device), generator=gen, max_iter=60 if cfg.fast else 300
         )
     spec_png = analysis.plot_spectral_histogram(
-        {f"radius, d={d}": s["radius"] for d, s in stats.items()}
-        | {f"norm, d={d}": s["norm"] for d, s in stats.items()},
+        {f"radius, d={d}": s.radius for d, s in stats.items()}
+        | {f"norm, d={d}": s.norm for d, s in stats.items()},
         out / "spectral.png",
         xlabel="spectral radius / spectral norm of df/dz at z*",
     )
@@ -204,13 +205,13 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
         [
             [
                 d,
-                f"{100 * s['converged']:.0f}%",
-                f"{s['median_radius']:.3f}",
-                f"{s['median_norm']:.3f}",
-                f"{100 * s['frac_radius_below_1']:.0f}%",
-                f"{100 * s['frac_norm_below_1']:.0f}%",
-                f"{s['median_path_score']:.4f}",
-                f"{100 * s['frac_path_independent']:.0f}%",
+                f"{100 * s.converged:.0f}%",
+                f"{s.median_radius:.3f}",
+                f"{s.median_norm:.3f}",
+                f"{100 * s.frac_radius_below_1:.0f}%",
+                f"{100 * s.frac_norm_below_1:.0f}%",
+                f"{s.median_path_score:.4f}",
+                f"{100 * s.frac_path_independent:.0f}%",
             ]
             for d, s in stats.items()
         ],
@@ -226,10 +227,8 @@ def run_demo(cfg: DemoConfig | None = None) -> Path:
         "final_train": result.train,
         "final_eval": result.eval,
         "compute_curve": curve.to_dict(),
-        "solvers": solver_rows,
-        "contraction": {
-            str(d): {k: v for k, v in s.items() if not torch.is_tensor(v)} for d, s in stats.items()
-        },
+        "solvers": [r.to_dict() for r in solver_rows],
+        "contraction": {str(d): s.to_dict() for d, s in stats.items()},
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
