@@ -5,27 +5,16 @@ import torch
 from torch import nn
 
 import deqkit
+from deqkit import testing
 from deqkit.nn import apply_spectral_norm, apply_weight_norm, jacobian_frobenius, mixed_init
 
 D = torch.float64
 
 
-class TanhCell(nn.Module):
-    """f(z, x) = tanh(W z + U x + b), ||W||_2 = gain."""
-
-    def __init__(self, n=6, d=4, gain=0.7, dtype=D, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        W = torch.randn(n, n, generator=g, dtype=dtype)
-        self.W = nn.Parameter(W * gain / torch.linalg.matrix_norm(W, 2))
-        self.U = nn.Parameter(torch.randn(n, d, generator=g, dtype=dtype) / d**0.5)
-        self.b = nn.Parameter(0.1 * torch.randn(n, generator=g, dtype=dtype))
-
-    def forward(self, z, x):
-        return torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
-
-    def initial_state(self, x):
-        return x.new_zeros(x.shape[0], self.W.shape[0])
+def tanh_cell(n=6, d=4, gain=0.7, dtype=D, seed=0):
+    """The zoo's tanh cell, f(z, x) = tanh(W z + U x + b), ||W||_2 = gain, with this file's
+    defaults (float64, b drawn at scale 0.1)."""
+    return testing.TanhCell(n, d, gain=gain, bias=0.1, seed=seed, dtype=dtype)
 
 
 class LinearCell(nn.Module):
@@ -59,7 +48,7 @@ def unrolled_reference(cell, x, steps=400):
 
 
 def test_implicit_gradcheck_float64():
-    cell = TanhCell()
+    cell = tanh_cell()
     deq = deqkit.DEQ(cell, **tight())
     x = torch.randn(3, 4, dtype=D, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, *p: deq(x)[0], (x, *cell.parameters()), atol=1e-7)
@@ -67,7 +56,7 @@ def test_implicit_gradcheck_float64():
 
 @pytest.mark.parametrize("solver", ["picard", "anderson", "broyden"])
 def test_implicit_gradient_equals_backprop_through_long_unrolled_iteration(solver):
-    cell = TanhCell(gain=0.8)
+    cell = tanh_cell(gain=0.8)
     x = torch.randn(5, 4, dtype=D, requires_grad=True)
     deq = deqkit.DEQ(cell, solver=solver, **tight())
     got = param_grads(deq, x)
@@ -98,7 +87,7 @@ def test_implicit_gradient_of_linear_deq_is_analytic():
 
 
 def test_phantom_with_many_steps_approaches_implicit():
-    cell = TanhCell(gain=0.9)
+    cell = tanh_cell(gain=0.9)
     x = torch.randn(4, 4, dtype=D, requires_grad=True)
     exact = param_grads(deqkit.DEQ(cell, **tight()), x)
 
@@ -123,7 +112,7 @@ def test_phantom_with_many_steps_approaches_implicit():
 
 
 def test_unrolled_matches_implicit_on_a_contraction():
-    cell = TanhCell(gain=0.5)
+    cell = tanh_cell(gain=0.5)
     x = torch.randn(3, 4, dtype=D, requires_grad=True)
     imp = param_grads(deqkit.DEQ(cell, **tight()), x)
     unr = param_grads(
@@ -135,7 +124,7 @@ def test_unrolled_matches_implicit_on_a_contraction():
 
 
 def test_backward_info_filled_and_forward_keeps_no_graph():
-    cell = TanhCell()
+    cell = tanh_cell()
     deq = deqkit.DEQ(cell, **tight())
     x = torch.randn(3, 4, dtype=D)
     z, info = deq(x)
@@ -148,7 +137,7 @@ def test_backward_info_filled_and_forward_keeps_no_graph():
 
 
 def test_eval_mode_still_gives_gradients():
-    cell = TanhCell()
+    cell = tanh_cell()
     deq = deqkit.DEQ(cell, **tight()).eval()
     x = torch.randn(2, 4, dtype=D)
     z, _ = deq(x)
@@ -157,7 +146,7 @@ def test_eval_mode_still_gives_gradients():
 
 
 def test_no_grad_keeps_no_graph_and_returns_fixed_point():
-    cell = TanhCell()
+    cell = tanh_cell()
     deq = deqkit.DEQ(cell, **tight())
     x = torch.randn(2, 4, dtype=D)
     with torch.no_grad():
@@ -167,7 +156,7 @@ def test_no_grad_keeps_no_graph_and_returns_fixed_point():
 
 
 def test_overrides_change_the_budget_for_one_call():
-    deq = deqkit.DEQ(TanhCell(gain=0.95), tol=1e-12, max_iter=3, solver="picard")
+    deq = deqkit.DEQ(tanh_cell(gain=0.95), tol=1e-12, max_iter=3, solver="picard")
     x = torch.randn(2, 4, dtype=D)
     _, short = deq(x)
     _, long = deq(x, max_iter=100)
@@ -211,7 +200,7 @@ def test_tuple_states_round_trip_and_gradcheck():
 
 
 def test_autocast_bfloat16_cell_with_float32_state():
-    cell = TanhCell(dtype=torch.float32)
+    cell = tanh_cell(dtype=torch.float32)
     deq = deqkit.DEQ(cell, tol=1e-2, max_iter=30)
     x = torch.randn(4, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -222,10 +211,10 @@ def test_autocast_bfloat16_cell_with_float32_state():
 
 
 def test_print_deq_shows_solver_tolerance_stop_budget_and_gradient():
-    cell = TanhCell(4)
+    cell = tanh_cell(4)
     text = repr(deqkit.DEQ(cell))
     defaults = "solver=anderson, tol=0.0001, stop=rel, max_iter=30, backward=Phantom(k=5, tau=0.5)"
-    assert text.splitlines()[:3] == ["DEQ(", f"  {defaults}", "  (f): TanhCell()"]
+    assert text.splitlines()[:3] == ["DEQ(", f"  {defaults}", "  (f): tanh_cell()"]
     deq = deqkit.DEQ(
         cell,
         solver="anderson",
@@ -252,15 +241,15 @@ def test_bad_cells_and_settings_give_clear_errors():
     with pytest.raises(ValueError, match=r"\(2, 5\).*\(2, 2\)"):
         wrong(x, z0=torch.zeros(2, 5, dtype=D))
     with pytest.raises(ValueError, match="backward"):
-        deqkit.DEQ(TanhCell(), backward="adjoint")
+        deqkit.DEQ(tanh_cell(), backward="adjoint")
     with pytest.raises(ValueError, match="unknown method"):
-        deqkit.DEQ(TanhCell(), solver="andersen")
+        deqkit.DEQ(tanh_cell(), solver="andersen")
     with pytest.raises(TypeError, match="unknown option"):
-        deqkit.DEQ(TanhCell(), solver_options={"mm": 3})
+        deqkit.DEQ(tanh_cell(), solver_options={"mm": 3})
     with pytest.raises(TypeError, match="kk"):
-        deqkit.DEQ(TanhCell(), backward="phantom", backward_options={"kk": 3})
+        deqkit.DEQ(tanh_cell(), backward="phantom", backward_options={"kk": 3})
     with pytest.raises(ValueError, match="tol"):
-        deqkit.DEQ(TanhCell(), tol=0.0)
+        deqkit.DEQ(tanh_cell(), tol=0.0)
     with pytest.raises(TypeError, match="callable"):
         deqkit.DEQ(3)
 
@@ -297,7 +286,7 @@ def test_spectral_norm_cell_keeps_unit_norm_through_training():
 
 
 def test_jacobian_frobenius_matches_exact_and_is_differentiable():
-    cell = TanhCell(n=5, gain=0.9)
+    cell = tanh_cell(n=5, gain=0.9)
     x = torch.randn(3, 4, dtype=D)
     z = torch.randn(3, 5, dtype=D)
     est = jacobian_frobenius(
@@ -313,7 +302,7 @@ def test_jacobian_frobenius_matches_exact_and_is_differentiable():
 
 
 def test_mixed_init_and_fixed_point_correction_states():
-    cell = TanhCell()
+    cell = tanh_cell()
     x = torch.randn(64, 4, dtype=D)
     z0 = mixed_init(cell.initial_state(x), p=0.5, generator=torch.Generator().manual_seed(0))
     zero = (z0 == 0).all(1)
@@ -418,8 +407,8 @@ def test_deq_settings_replace_makes_a_validated_copy():
 def test_a_deq_from_a_settings_object_equals_one_from_the_same_keywords():
     kw = dict(solver="broyden", tol=1e-9, max_iter=80, stop="abs", backward="implicit")
     x = torch.randn(3, 4, dtype=D, requires_grad=True)
-    by_keywords = deqkit.DEQ(TanhCell(), **kw)
-    by_object = deqkit.DEQ(TanhCell(), settings=deqkit.DEQSettings(**kw))
+    by_keywords = deqkit.DEQ(tanh_cell(), **kw)
+    by_object = deqkit.DEQ(tanh_cell(), settings=deqkit.DEQSettings(**kw))
     assert by_object.settings == by_keywords.settings == deqkit.DEQSettings(**kw)
     assert by_object.extra_repr() == by_keywords.extra_repr()
     z1, i1 = by_keywords(x)
@@ -432,16 +421,16 @@ def test_a_deq_from_a_settings_object_equals_one_from_the_same_keywords():
 
 def test_settings_and_keywords_that_disagree_are_an_error():
     s = deqkit.DEQSettings(max_iter=7)
-    assert deqkit.DEQ(TanhCell(), settings=s, max_iter=7).settings is s  # agrees: fine
-    assert deqkit.DEQ(TanhCell(), settings=s, solver="anderson").settings is s  # a default
+    assert deqkit.DEQ(tanh_cell(), settings=s, max_iter=7).settings is s  # agrees: fine
+    assert deqkit.DEQ(tanh_cell(), settings=s, solver="anderson").settings is s  # a default
     with pytest.raises(ValueError, match=r"settings=DEQSettings\(.*max_iter=7.*\) and tol=0\.001"):
-        deqkit.DEQ(TanhCell(), settings=s, tol=1e-3)
+        deqkit.DEQ(tanh_cell(), settings=s, tol=1e-3)
     with pytest.raises(TypeError, match="settings must be a DEQSettings or None, got dict"):
-        deqkit.DEQ(TanhCell(), settings={"tol": 1e-3})
+        deqkit.DEQ(tanh_cell(), settings={"tol": 1e-3})
 
 
 def test_assigning_new_settings_changes_every_later_call():
-    deq = deqkit.DEQ(TanhCell(gain=0.95), solver="picard", tol=1e-12, max_iter=3)
+    deq = deqkit.DEQ(tanh_cell(gain=0.95), solver="picard", tol=1e-12, max_iter=3)
     x = torch.randn(2, 4, dtype=D)
     assert int(deq(x)[1].iterations.max()) == 3
     deq(x, max_iter=4)  # fills the per-call cache
