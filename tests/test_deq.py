@@ -214,7 +214,7 @@ def test_print_deq_shows_solver_tolerance_stop_budget_and_gradient():
     cell = tanh_cell(4)
     text = repr(deqkit.DEQ(cell))
     defaults = "solver=anderson, tol=0.0001, stop=rel, max_iter=30, backward=Phantom(k=5, tau=0.5)"
-    assert text.splitlines()[:3] == ["DEQ(", f"  {defaults}", "  (f): tanh_cell()"]
+    assert text.splitlines()[:3] == ["DEQ(", f"  {defaults}", "  (f): TanhCell()"]
     deq = deqkit.DEQ(
         cell,
         solver="anderson",

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_deq import TanhCell
+from test_deq import tanh_cell
 from torch import nn
 
 import deqkit
@@ -41,7 +41,7 @@ def x_grads(deq, x, seed=3):
 
 
 def test_string_aliases_resolve_to_the_gradient_objects():
-    cell = TanhCell()
+    cell = tanh_cell()
     assert deqkit.DEQ(cell).gradient == Phantom(5, 0.5)  # the default
     assert deqkit.DEQ(cell, backward="implicit").gradient == Implicit()
     assert deqkit.DEQ(cell, backward="phantom").gradient == Phantom(5, 0.5)
@@ -77,7 +77,7 @@ def test_available_gradients_are_the_aliases_make_gradient_accepts():
     ],
 )
 def test_an_alias_and_its_object_give_the_same_gradient(alias, obj):
-    cell = TanhCell()
+    cell = tanh_cell()
     x = torch.randn(4, 4, dtype=D, requires_grad=True)
     extra = {"solver": "picard"} if "solver" in alias else {}
     a, _ = x_grads(deqkit.DEQ(cell, tol=1e-10, max_iter=200, **alias), x)
@@ -86,7 +86,7 @@ def test_an_alias_and_its_object_give_the_same_gradient(alias, obj):
 
 
 def test_the_adjoint_solver_defaults_to_the_forward_solver_and_its_options():
-    cell = TanhCell()
+    cell = tanh_cell()
     deq = deqkit.DEQ(cell, solver="anderson", solver_options={"m": 3}, backward="implicit")
     assert deq.settings.bound.solver == deqkit.solvers.Anderson(m=3)
     deq = deqkit.DEQ(cell, solver_options={"m": 3}, backward=Implicit(m=7))
@@ -102,7 +102,7 @@ def test_settings_are_resolved_once_per_construction_and_per_override_set(monkey
     monkeypatch.setattr(
         settings_module, "make_gradient", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    deq = deqkit.DEQ(TanhCell())
+    deq = deqkit.DEQ(tanh_cell())
     x = torch.randn(2, 4, dtype=D)
     assert len(calls) == 1
     for _ in range(3):
@@ -168,7 +168,7 @@ def test_phantom_adjoint_is_the_damped_neumann_series():
 
 
 def strong_contraction():
-    return TanhCell(gain=0.2)
+    return tanh_cell(gain=0.2)
 
 
 def test_implicit_refuses_double_backward_with_a_clear_error():
@@ -183,7 +183,7 @@ def test_implicit_refuses_double_backward_with_a_clear_error():
 
 
 def test_unrolled_second_derivatives_match_finite_differences():
-    cell = TanhCell(gain=0.6)
+    cell = tanh_cell(gain=0.6)
     deq = deqkit.DEQ(
         cell, backward="unrolled", solver="picard", tol=1e-300, stop="abs", max_iter=25
     )
@@ -206,7 +206,7 @@ def test_phantom_second_derivatives_match_the_true_fixed_point_on_a_strong_contr
 
 @pytest.mark.parametrize("backward", [Phantom(3, 0.5), Unrolled()])
 def test_torch_func_grad_and_jacrev_agree_with_autograd(backward):
-    cell = TanhCell()
+    cell = tanh_cell()
     deq = deqkit.DEQ(cell, backward=backward, solver="picard", tol=1e-10, max_iter=60)
     x = torch.randn(3, 4, dtype=D)
     params = {k: v.detach() for k, v in deq.named_parameters()}
@@ -226,7 +226,7 @@ def test_torch_func_grad_and_jacrev_agree_with_autograd(backward):
 
 
 def test_torch_func_with_the_implicit_gradient_says_what_is_not_supported():
-    deq = deqkit.DEQ(TanhCell(), backward="implicit")
+    deq = deqkit.DEQ(tanh_cell(), backward="implicit")
     x = torch.randn(3, 4, dtype=D)
     with pytest.raises(RuntimeError, match="torch.func.*Phantom"):
         torch.func.grad(lambda x: deq(x)[0].sum())(x)
@@ -236,7 +236,7 @@ def test_torch_func_with_the_implicit_gradient_says_what_is_not_supported():
 
 
 def test_bad_gradients_and_options_that_do_not_apply_are_errors():
-    cell = TanhCell()
+    cell = tanh_cell()
     with pytest.raises(ValueError, match="unknown backward.*'implicit', 'phantom', 'unrolled'"):
         deqkit.DEQ(cell, backward="adjoint")
     with pytest.raises(TypeError, match="backward must be one of"):
@@ -269,6 +269,6 @@ def test_bad_gradients_and_options_that_do_not_apply_are_errors():
 
 
 def test_a_z0_whose_batch_differs_from_x_names_both_batch_sizes():
-    deq = deqkit.DEQ(TanhCell())
+    deq = deqkit.DEQ(tanh_cell())
     with pytest.raises(ValueError, match="x has batch size 5 but z0 has batch size 3"):
         deq(torch.randn(5, 4, dtype=D), z0=torch.zeros(3, 6, dtype=D))

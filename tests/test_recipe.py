@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from test_deq import TanhCell
+from test_deq import tanh_cell
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -27,7 +27,7 @@ def grads(deq, x, z0=None, **overrides):
 
 
 def test_pretraining_trains_a_weight_tied_stack_then_hands_over():
-    cell = TanhCell(gain=0.9)
+    cell = tanh_cell(gain=0.9)
     deq = deqkit.DEQ(cell, tol=1e-10, max_iter=100, backward=Implicit(tol=1e-12))
     recipe = Recipe(pretrain_steps=3, pretrain_iters=6)
     x = x_batch()
@@ -61,7 +61,7 @@ def test_pretraining_leaves_out_the_layers_own_solver_options_and_adjoint_settin
     # built from a config's [deq] table does) pretrains with the pretraining solver and
     # gradient at their defaults; the layer's settings were combined with them before.
     deq = deqkit.DEQ(
-        TanhCell(gain=0.9),
+        tanh_cell(gain=0.9),
         solver="anderson",
         solver_options={"m": 3},
         backward="implicit",
@@ -86,7 +86,7 @@ def test_jacobian_penalty_runs_on_its_schedule_and_lowers_the_jacobian():
 
     def trained(weight):
         torch.manual_seed(0)
-        cell = TanhCell(gain=1.5, seed=1)
+        cell = tanh_cell(gain=1.5, seed=1)
         deq = deqkit.DEQ(cell, backward=Phantom(), tol=1e-6, max_iter=60)
         head = nn.Linear(6, 1, dtype=D)
         opt = torch.optim.Adam([*cell.parameters(), *head.parameters()], lr=1e-2)
@@ -109,7 +109,7 @@ def test_jacobian_penalty_runs_on_its_schedule_and_lowers_the_jacobian():
 
 
 def test_fixed_point_correction_loss_has_exponential_weights_and_gradients():
-    cell = TanhCell(gain=0.9)
+    cell = tanh_cell(gain=0.9)
     deq = deqkit.DEQ(cell, solver="picard", tol=1e-12, max_iter=40, backward=Phantom())
     plan = Recipe(correction=3, correction_gamma=0.5).plan(0, deq)
     assert plan.overrides == {"correction": 3}
@@ -135,13 +135,13 @@ def test_initial_states_random_and_mixed_replace_the_start():
     mixed = Recipe(init="mixed", init_p=0.25).plan(0, generator=gen).initial_state(z0)
     frac = (mixed != 0).any(dim=1).double().mean().item()
     assert 0.15 < frac < 0.35
-    deq = deqkit.DEQ(TanhCell(gain=0.9), solver="picard", tol=1e-8, max_iter=100)
+    deq = deqkit.DEQ(tanh_cell(gain=0.9), solver="picard", tol=1e-8, max_iter=100)
     x = x_batch(200)
     assert (deq(x, rnd)[1].iterations != deq(x)[1].iterations).any()  # the solve starts there
 
 
 def test_budget_jitter_draws_each_steps_budget_around_the_deqs():
-    deq = deqkit.DEQ(TanhCell(), max_iter=20)
+    deq = deqkit.DEQ(tanh_cell(), max_iter=20)
     recipe = Recipe(max_iter_jitter=5)
     gen = torch.Generator().manual_seed(0)
     budgets = [recipe.plan(s, deq, generator=gen).overrides["max_iter"] for s in range(200)]
