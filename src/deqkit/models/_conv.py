@@ -275,10 +275,11 @@ class DEQConv(EquilibriumModel):
         **deq_keywords: The same settings as keywords (``solver="picard"``, ...).
 
     Why ``Phantom(8, 0.7)`` (8 damped steps, tau 0.7) and not the layer's ``Phantom(5, 0.5)``
-    (``docs/results.md`` section 0; 3 seeds each, digits, AdamW 2e-3): on the default two
-    resolutions (800 steps) 96.9% (96.7 / 97.2 / 96.7) against 96.5% (96.1 / 96.4 / 96.9),
-    at no more time per step; on one 32-channel resolution (600 steps,
-    ``experiments/peers``) 86.9% (86.1 / 86.9 / 87.8) against 74.6%, where torchdeq's
+    (``docs/results.md`` section 0; digits, AdamW 2e-3): on the default two resolutions (800
+    steps) 96.9% on 5 seeds (96.7 / 97.2 / 96.7 / 96.1 / 98.1) against 96.5% on 3 (96.1 /
+    96.4 / 96.9), at no more time per step, and 98.3% on 5 seeds with a wider cell, dropout
+    and shifts (97.8% with ``Phantom(5, 0.5)``); on one 32-channel resolution (600 steps,
+    ``experiments/peers``, 3 seeds) 86.9% (86.1 / 86.9 / 87.8) against 74.6%, where torchdeq's
     implicit setting gives 86.1% (87.2 / 80.6 / 90.6) at 1.45 times the time per step. The
     longer ``Phantom(16, 0.8)`` was worse on two resolutions (94.9%) and ``Phantom(10, 0.5)``
     on one (62.5%, 1 seed). The recall networks keep ``Phantom(5, 0.5)``: with
