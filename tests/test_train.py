@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -853,14 +855,31 @@ def test_train_without_task_or_config_trains_the_default_config(tmp_path, capsys
 
 
 def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
+    """``n`` free ports below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding to port 0 hands out) can be taken before
+    the rank-0 store binds it by any outgoing connection, gloo's own included, and a
+    client that connects before the store listens can even connect to itself there; the
+    store then waits for a rank that never comes (CI saw this once: 30 minutes, "1/2
+    clients joined"). Ports below the range are never chosen for outgoing connections.
+    """
     try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 def _record_grads(store):
@@ -928,7 +947,7 @@ def test_two_process_gloo_runs_match_one_process_on_the_combined_batch(tmp_path)
         case: small(tmp_path, case, steps=3, batch_size=8, dtype="float64", eval_size=16, **changes)
         for case, changes in DDP_CASES.items()
     }
-    mp.spawn(
+    context = mp.spawn(
         _ddp_worker,
         args=(
             2,
@@ -937,8 +956,15 @@ def test_two_process_gloo_runs_match_one_process_on_the_combined_batch(tmp_path)
             str(tmp_path),
         ),
         nprocs=2,
-        join=True,
+        join=False,
     )
+    # A rendezvous that hangs would otherwise wait for the store's 30-minute timeout.
+    deadline = time.monotonic() + 600
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two gloo ranks did not finish within 10 minutes (rendezvous hung?)")
     for case, c in configs.items():
         grads: list = []
         single = train(
