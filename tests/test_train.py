@@ -689,6 +689,39 @@ def test_amp_bf16_trains_on_cpu(tmp_path):
         train(small(tmp_path, "f64", amp="bf16", dtype="float64"), progress=False)
 
 
+def test_eval_max_iter_is_the_budget_of_the_runs_evaluations_and_nothing_else(tmp_path):
+    """Training solves stop at max_iter; the eval records, evaluate() and deqkit eval
+    without a budget use eval_max_iter; a budget given to evaluate() still wins."""
+    kw = dict(max_iter=2, tol=1e-12, steps=3, log_every=1)
+    r = train(small(tmp_path, "long", eval_max_iter=40, **kw), progress=False)
+    short = train(small(tmp_path, "short", **kw), progress=False)
+    log, short_log = read_jsonl(r.metrics), read_jsonl(short.metrics)
+    assert max(x["iters_max"] for x in log if x["kind"] == "train") == 2
+    assert without_time(log[:-1]) == without_time(short_log[:-1])  # training unchanged
+    (got,), (base,) = r.eval, short.eval
+    assert got["max_iter"] == 40 and got["iters_mean"] > 2 and base["max_iter"] == 2
+    model, config, _ = load_checkpoint(r.checkpoint)
+    fields = evaluate(model, config).to_dict()
+    assert fields == {k: got[k] for k in fields}
+    assert evaluate(model, config, max_iter=3).max_iter == 3
+    out = subprocess.run(
+        [sys.executable, "-m", "deqkit.cli", "eval", str(r.checkpoint)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout)["max_iter"] == 40
+
+
+def test_eval_max_iter_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"Invalid eval_max_iter: 0 \(expected an integer >= 1"):
+        small(tmp_path, "x", eval_max_iter=0)
+    with pytest.raises(ValueError, match="eval_max_iter apply to mode='deq' only"):
+        small(tmp_path, "x", mode="recurrent", eval_max_iter=5, max_iter=None)
+    with pytest.raises(ValueError, match="eval_max_iter needs an equilibrium model"):
+        train(small(tmp_path, "e", model="explicit_mlp", eval_max_iter=5), progress=False)
+
+
 def test_float64_and_explicit_models_and_the_stand_in_protocol(tmp_path):
     r = train(small(tmp_path, "f64", dtype="float64", steps=2), progress=False)
     assert all(p.dtype == torch.float64 for p in r.model.parameters())

@@ -52,7 +52,8 @@ def add_eval(sub) -> None:
         type=positive_int,
         default=None,
         help="forward solver budget, evaluations of f per sample, a positive integer; "
-        "iterations in recurrent mode (default: the run's max_iter, else the model's own)",
+        "iterations in recurrent mode (default: the run's eval_max_iter, else its max_iter, "
+        "else the model's own)",
     )
     p.add_argument(
         "--tol",

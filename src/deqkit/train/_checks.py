@@ -88,7 +88,7 @@ def validate(config: TrainConfig) -> None:
             f"every step (got augment_shift={config.augment_shift})"
         )
     integer("log_every", config.log_every, 1)
-    for name in ("eval_every", "eval_size", "eval_batch_size", "checkpoint_every"):
+    for name in ("eval_every", "eval_size", "eval_batch_size", "eval_max_iter", "checkpoint_every"):
         integer(name, getattr(config, name), 1, optional=True)
     integer("seed", config.seed, 0)
     if config.out_dir is not None and (not isinstance(config.out_dir, str) or not config.out_dir):
@@ -117,6 +117,8 @@ def _check_mode(config: TrainConfig) -> None:
     if config.mode == "recurrent":
         changed = [n for n in config.deq if n != "max_iter"]
         changed += [n for n in DEQ_ONLY_FIELDS if getattr(config, n) != default(n)]
+        if config.eval_max_iter is not None:
+            changed.append("eval_max_iter")
         if changed:
             raise ValueError(
                 f"{', '.join(changed)} apply to mode='deq' only; mode='recurrent' runs "

@@ -34,6 +34,7 @@ RESUMABLE_FIELDS = frozenset(
         "eval_every",
         "eval_size",
         "eval_batch_size",
+        "eval_max_iter",
         "eval_difficulties",
         "checkpoint_every",
         "log_every",

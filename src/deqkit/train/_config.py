@@ -132,6 +132,13 @@ class TrainConfig:
         eval_size: Evaluation samples per difficulty; default 1000 for procedural tasks and
             the whole test split for data sets.
         eval_batch_size: Evaluation batch size; default ``batch_size``.
+        eval_max_iter: Forward budget of the run's evaluations (deq mode): its ``eval``
+            records, and :func:`evaluate` / ``deqkit eval`` when they are given none.
+            ``None`` (default): the model's ``max_iter``, the training budget. The field
+            solves longer at test time than in training (torchdeq's ``eval_f_max_iter``,
+            locuslab/deq's ``TEST.F_THRES``): a budget that stops many training solves
+            short of ``tol`` leaves the evaluated state short of the fixed point too
+            (digits, ``experiments/training``: 45% of solves unconverged at 30, 1-2% at 100).
         checkpoint_every: Save ``checkpoint.pt`` every this many steps; ``None`` (default):
             at the end (and on Ctrl-C) only.
 
@@ -190,6 +197,7 @@ class TrainConfig:
     eval_every: int | None = None
     eval_size: int | None = None
     eval_batch_size: int | None = None
+    eval_max_iter: int | None = None
     checkpoint_every: int | None = None
     seed: int = 0
     out_dir: str | None = None

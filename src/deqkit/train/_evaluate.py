@@ -70,6 +70,8 @@ def evaluate_on(
 ) -> Evaluation:
     """:func:`evaluate` with a ready :class:`Data` (the training loop keeps one)."""
     max_iter = integer("max_iter", max_iter, 1, optional=True)
+    if max_iter is None and config.mode == "deq" and is_equilibrium(model):
+        max_iter = config.eval_max_iter
     tol = real("tol", tol, 0.0, low_open=True, optional=True)
     if (max_iter is not None or tol is not None) and not is_equilibrium(model):
         raise ValueError(
@@ -173,9 +175,9 @@ def evaluate(
             difficulty. Must be ``None`` for data sets.
         n: Number of samples; default ``config.eval_size`` (or 1000 / the whole test split).
         max_iter: Forward budget for this evaluation (test-time compute); in recurrent mode
-            the number of iterations. Default: the model's (``model.deq.settings``, built
-            with ``config.deq``); in recurrent mode ``config.deq["max_iter"]``, else
-            ``train_iters``.
+            the number of iterations. Default: ``config.eval_max_iter``, else the model's
+            (``model.deq.settings``, built with ``config.deq``); in recurrent mode
+            ``config.deq["max_iter"]``, else ``train_iters``.
         tol: Forward tolerance (deq mode). Default: the model's.
         batch_size: Default ``config.eval_batch_size`` or ``config.batch_size``.
 

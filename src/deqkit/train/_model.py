@@ -225,9 +225,11 @@ def _jacobian_penalty(model: nn.Module, x: Tensor, z_flat: Tensor, plan: Any) ->
 
 
 def check_recipes(config: TrainConfig, model: nn.Module) -> None:
-    """Raise ``ValueError`` when ``config`` sets a training recipe and ``model`` is not an
-    equilibrium model (the recipes act on its DEQ)."""
+    """Raise ``ValueError`` when ``config`` sets a training recipe (or ``eval_max_iter``)
+    and ``model`` is not an equilibrium model (the recipes act on its DEQ)."""
     recipe_fields = config.recipe_fields()
+    if config.eval_max_iter is not None:
+        recipe_fields.append("eval_max_iter")
     if recipe_fields and not is_equilibrium(model):
         raise ValueError(
             f"{', '.join(recipe_fields)} {'needs' if len(recipe_fields) == 1 else 'need'} "
