@@ -6,6 +6,10 @@ Algorithmic tasks with a difficulty knob, generated on the fly (Bansal et al. 20
   ``y [n, length]``; harder = longer.
 * :func:`mazes`: perfect mazes ``x [n, 3, 2k+1, 2k+1]`` (channels open, start, goal) and the
   start-goal path mask ``y [n, 2k+1, 2k+1]``; harder = larger ``k``.
+* :func:`sudoku`: puzzles ``[n, 9, 9]`` (0 = blank) with exactly one solution, and the
+  solutions; harder = more blanks (:data:`SUDOKU_LEVELS`). :func:`sudoku_search` grades a
+  puzzle by how much a reference search branches, :func:`sudoku_valid` checks boards
+  independently, :func:`sudoku_exact_match` scores them.
 
 Models output two-class logits ``[n, 2, ...]`` (class 1 = bit 1 / on the path), scored per
 sample by :func:`exact_match` (every position right), :func:`maze_exact_match` and
@@ -39,8 +43,16 @@ from ._registry import (
     register_task,
     top1,
 )
+from ._sudoku import (
+    SUDOKU_LEVELS,
+    sudoku,
+    sudoku_exact_match,
+    sudoku_search,
+    sudoku_valid,
+)
 
 __all__ = [
+    "SUDOKU_LEVELS",
     "ClassificationData",
     "Task",
     "available_tasks",
@@ -61,5 +73,9 @@ __all__ = [
     "prefix_sums",
     "read_idx",
     "register_task",
+    "sudoku",
+    "sudoku_exact_match",
+    "sudoku_search",
+    "sudoku_valid",
     "top1",
 ]

@@ -1,0 +1,140 @@
+"""deqkit.tasks.sudoku: unique, valid puzzles at every level, a checker that owes nothing to
+the generator, the reference search's grade, and bad input named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deqkit.tasks import (
+    SUDOKU_LEVELS,
+    sudoku,
+    sudoku_exact_match,
+    sudoku_search,
+    sudoku_valid,
+)
+
+# Arto Inkala's 2012 "hardest sudoku" and its published solution, typed in by hand: a puzzle
+# and answer the generator never saw.
+INKALA = [
+    "800000000",
+    "003600000",
+    "070090200",
+    "050007000",
+    "000045700",
+    "000100030",
+    "001000068",
+    "008500010",
+    "090000400",
+]
+INKALA_SOLUTION = [
+    "812753649",
+    "943682175",
+    "675491283",
+    "154237896",
+    "369845721",
+    "287169534",
+    "521974368",
+    "438526917",
+    "796318452",
+]
+
+
+def board(rows: list[str]) -> torch.Tensor:
+    return torch.tensor([[int(c) for c in r] for r in rows])[None]
+
+
+@pytest.mark.parametrize("level", SUDOKU_LEVELS)
+def test_every_puzzle_has_exactly_one_solution_and_it_is_valid(level):
+    n = 6 if level == SUDOKU_LEVELS[-1] else 12
+    puzzles, solutions = sudoku(n, level, seed=level)
+    assert puzzles.shape == solutions.shape == (n, 9, 9)
+    assert puzzles.dtype == solutions.dtype == torch.int64
+    assert ((puzzles == 0).sum((1, 2)) == level).all()
+    assert ((solutions >= 1) & (solutions <= 9)).all()
+    assert sudoku_valid(solutions, puzzles).all()
+    counts, _ = sudoku_search(puzzles)
+    assert (counts == 1).all()
+
+
+def test_levels_run_easiest_first_and_the_search_branches_more_on_harder_ones():
+    assert list(SUDOKU_LEVELS) == sorted(SUDOKU_LEVELS)
+    easy, _ = sudoku(20, SUDOKU_LEVELS[0], seed=1)
+    hard, _ = sudoku(20, 54, seed=1)
+    _, b_easy = sudoku_search(easy)
+    _, b_hard = sudoku_search(hard)
+    assert (b_easy == 0).all()  # singles alone finish 20 blanks
+    assert b_hard.float().mean() > 5
+
+
+def test_same_seed_same_puzzles_and_a_prefix_does_not_depend_on_n():
+    a, sa = sudoku(5, 40, seed=3)
+    b, sb = sudoku(3, 40, seed=3)
+    assert torch.equal(a[:3], b) and torch.equal(sa[:3], sb)
+    c, _ = sudoku(5, 40, seed=4)
+    assert not torch.equal(a, c)
+    d, _ = sudoku(5, 45, seed=3)  # the level is part of the stream
+    assert not torch.equal(a, d)
+    e, se = sudoku(2, 30)  # no seed: OS entropy, still unique and valid
+    assert sudoku_valid(se, e).all() and (sudoku_search(e)[0] == 1).all()
+
+
+def test_the_checker_and_the_search_on_a_puzzle_from_outside():
+    puzzle, solution = board(INKALA), board(INKALA_SOLUTION)
+    assert sudoku_valid(solution, puzzle).tolist() == [True]
+    counts, branchings = sudoku_search(puzzle)
+    assert counts.tolist() == [1] and branchings.item() > 50  # a hard one
+    assert sudoku_search(torch.zeros(1, 9, 9, dtype=torch.int64))[0].tolist() == [2]
+
+
+def test_the_checker_rejects_each_way_a_board_can_be_wrong():
+    good = board(INKALA_SOLUTION)[0]
+    swapped_in_row = good.clone()
+    swapped_in_row[0, [0, 1]] = swapped_in_row[0, [1, 0]]  # rows stay fine, columns break
+    swapped_band_rows = good.clone()
+    swapped_band_rows[[0, 1]] = swapped_band_rows[[1, 0]]  # rows, columns, boxes all fine
+    shifted = torch.roll(good, 1, dims=1)  # rows and columns stay fine, boxes break
+    latin = (torch.arange(9)[:, None] + torch.arange(9)[None]) % 9 + 1  # rows, columns, not boxes
+    with_zero = good.clone()
+    with_zero[4, 4] = 0
+    boards = torch.stack([good, swapped_in_row, swapped_band_rows, shifted, latin, with_zero])
+    assert sudoku_valid(boards).tolist() == [True, False, True, False, False, False]
+    # swapped_band_rows is a valid board, but not the one that keeps the puzzle's givens
+    puzzle = board(INKALA)[0]
+    got = sudoku_valid(torch.stack([good, swapped_band_rows]), torch.stack([puzzle, puzzle]))
+    assert got.tolist() == [True, False]
+
+
+def test_exact_match_on_boards_and_logits():
+    _, solutions = sudoku(4, 30, seed=0)
+    pred = solutions.clone()
+    pred[1, 8, 8] = pred[1, 8, 8] % 9 + 1
+    assert sudoku_exact_match(pred, solutions).tolist() == [True, False, True, True]
+    logits = torch.nn.functional.one_hot(pred - 1, 9).float()
+    assert sudoku_exact_match(logits, solutions).tolist() == [True, False, True, True]
+    with pytest.raises(ValueError, match=r"Invalid pred shape: \(4, 9, 9, 10\)"):
+        sudoku_exact_match(torch.zeros(4, 9, 9, 10), solutions)
+    with pytest.raises(ValueError, match=r"Invalid solutions shape"):
+        sudoku_exact_match(pred, solutions[:, :8])
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match=r"Invalid difficulty: 33 \(expected one of 20, 30"):
+        sudoku(2, 33, seed=0)
+    with pytest.raises(ValueError, match=r"Invalid n: 0"):
+        sudoku(0, 30, seed=0)
+    with pytest.raises(ValueError, match=r"Invalid seed: -1"):
+        sudoku(1, 30, seed=-1)
+    with pytest.raises(ValueError, match=r"Invalid difficulty: 30.0 \(expected an integer"):
+        sudoku(1, 30.0, seed=0)
+    clash = torch.zeros(1, 9, 9, dtype=torch.int64)
+    clash[0, 0, 0] = clash[0, 0, 5] = 7
+    with pytest.raises(ValueError, match="digit 7 repeats at cell 5"):
+        sudoku_search(clash)
+    with pytest.raises(ValueError, match=r"Invalid boards shape: \(2, 9, 8\)"):
+        sudoku_valid(torch.ones(2, 9, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="Invalid boards: expected integers 0-9"):
+        sudoku_valid(np.full((1, 9, 9), 10))
+    with pytest.raises(ValueError, match="Invalid puzzles shape"):
+        sudoku_valid(torch.ones(2, 9, 9, dtype=torch.int64), torch.ones(1, 9, 9, dtype=torch.int64))
