@@ -8,7 +8,8 @@ Explicit baselines (:class:`ExplicitModel`) return ``(logits, None)``. All repor
 ``num_parameters()``.
 
 * :class:`RecallNet`: DeepThinking-style recall network (1-D prefix sums, 2-D mazes), as
-  a DEQ or a recurrent net trained with :func:`progressive_loss`.
+  a DEQ or a recurrent net trained with :func:`progressive_loss`; ``lipschitz=L`` makes its
+  cell ``L``-Lipschitz by construction (:class:`AveragedBlock`, bounded convolutions).
 * :class:`DEQMLP` / :class:`ExplicitMLP`: dense classifier and its untied twin.
 * :class:`DEQConv` / :class:`ExplicitConv`: small multiscale conv classifier and its twin.
 * :class:`MonotoneMLP`: monotone operator DEQ, convergence guaranteed (Winston & Kolter
@@ -21,10 +22,11 @@ from ._base import DEQ_SETTINGS, EquilibriumModel, ExplicitModel
 from ._conv import DEQConv, ExplicitConv, MultiscaleCell, VariationalDropout
 from ._mlp import DEQMLP, ExplicitMLP, MLPCell
 from ._monotone import MonotoneCell, MonotoneMLP
-from ._recall import RecallCell, RecallNet, ResidualBlock, progressive_loss
+from ._recall import AveragedBlock, RecallCell, RecallNet, ResidualBlock, progressive_loss
 from ._registry import available_models, build_model, model_factory
 
 __all__ = [
+    "AveragedBlock",
     "DEQConv",
     "DEQMLP",
     "DEQ_SETTINGS",

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validate import choice, flag, integer, real
-from ..nn import DEQSettings
+from ..nn import DEQSettings, apply_norm_bound
 from ._base import (
     EquilibriumModel,
     State,
@@ -18,7 +18,7 @@ from ._base import (
     spectral_normalise,
 )
 
-__all__ = ["RecallCell", "RecallNet", "ResidualBlock", "progressive_loss"]
+__all__ = ["AveragedBlock", "RecallCell", "RecallNet", "ResidualBlock", "progressive_loss"]
 
 
 def _conv(dim: int, cin: int, cout: int) -> nn.Module:
@@ -51,6 +51,30 @@ class ResidualBlock(nn.Module):
         return F.relu(x + self.norm2(self.conv2(out)))
 
 
+class AveragedBlock(nn.Module):
+    r"""``relu((1 - a) x + a conv2(relu(conv1(x))))``, ``a = sigmoid(theta)`` learned.
+
+    The residual block of a contractive recall cell: with both convolutions bounded to
+    operator norm 1 (:func:`deqkit.nn.apply_norm_bound`) it is 1-Lipschitz, since
+    ``(1 - a) + a * 1 * 1 = 1`` and ReLU is 1-Lipschitz (the plain :class:`ResidualBlock`,
+    ``x + conv(...)``, can double a distance). ``theta`` starts at 0 (``a = 1/2``).
+
+    Args:
+        dim: 1 or 2.
+        width: Channels in and out.
+    """
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.conv1 = _conv(dim, width, width)
+        self.conv2 = _conv(dim, width, width)
+        self.theta = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = torch.sigmoid(self.theta)
+        return F.relu((1 - a) * x + a * self.conv2(F.relu(self.conv1(x))))
+
+
 class RecallCell(nn.Module):
     r"""The recurrent block of a recall network.
 
@@ -62,12 +86,27 @@ class RecallCell(nn.Module):
     ``blocks`` are ``num_blocks`` :class:`ResidualBlock`\ s. Without recall the cell ignores
     ``u``: the input enters only through the starting state, ``initial_state(u) = u``.
 
+    **A contraction by construction** (``lipschitz=L``): the blocks are
+    :class:`AveragedBlock`\ s, every convolution is bounded to operator norm 1 by
+    :func:`deqkit.nn.apply_norm_bound` (a guaranteed bound, not spectral normalisation's
+    estimate of the reshaped kernel), there is no normalisation layer, and
+
+    .. math:: f(z, u) = L \cdot \mathrm{blocks}(\mathrm{relu}(\mathrm{conv}([z; u])))
+
+    is ``L``-Lipschitz in ``z`` for every input and every value of the weights: the recall
+    convolution restricted to ``z`` has norm <= 1, ReLU and each block are 1-Lipschitz.
+    With ``L < 1`` the fixed point is unique and plain iteration converges to it at rate
+    ``L`` from any start (Banach); the memory of a far-away input fades like ``L`` per
+    application, the question ``experiments/`` asks of it.
+
     Args:
         dim: 1 or 2.
         width: State channels.
         num_blocks: Residual blocks, >= 1.
         recall: Re-inject ``u`` at every step. Default ``True``.
         norm_groups: Group-norm groups in the blocks, or ``None`` (default).
+        lipschitz: ``L > 0`` for the contractive cell above, or ``None`` (default) for the
+            unconstrained one.
     """
 
     def __init__(
@@ -78,18 +117,30 @@ class RecallCell(nn.Module):
         *,
         recall: bool = True,
         norm_groups: int | None = None,
+        lipschitz: float | None = None,
     ):
         super().__init__()
         self.recall = bool(recall)
+        self.lipschitz = lipschitz
         self.recall_conv = _conv(dim, 2 * width, width) if self.recall else None
-        self.blocks = nn.Sequential(
-            *[ResidualBlock(dim, width, norm_groups) for _ in range(num_blocks)]
-        )
+        if lipschitz is None:
+            blocks = [ResidualBlock(dim, width, norm_groups) for _ in range(num_blocks)]
+        else:
+            if norm_groups is not None:
+                raise ValueError(
+                    "lipschitz and norm_groups cannot be combined: group norm divides by a "
+                    "standard deviation, which no constant bounds"
+                )
+            blocks = [AveragedBlock(dim, width) for _ in range(num_blocks)]
+        self.blocks = nn.Sequential(*blocks)
+        if lipschitz is not None:
+            apply_norm_bound(self)
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
         if self.recall_conv is not None:
             z = F.relu(self.recall_conv(torch.cat([z, u], dim=1)))
-        return self.blocks(z)
+        z = self.blocks(z)
+        return z if self.lipschitz is None else self.lipschitz * z
 
     def initial_state(self, u: Tensor) -> Tensor:
         """Zeros like ``u`` with recall; ``u`` itself (the projected input) without."""
@@ -162,6 +213,9 @@ class RecallNet(EquilibriumModel):
         spectral_norm: Spectral-normalise every convolution of the cell
             (:func:`deqkit.nn.apply_spectral_norm`). Bounds each layer, but the residual
             blocks can still expand, so a contraction is not guaranteed. Default ``False``.
+        lipschitz: ``L > 0``: the cell is ``L``-Lipschitz in ``z`` by construction (a
+            contraction for ``L < 1``; see :class:`RecallCell`), without group norm or
+            spectral normalisation. Default ``None``: unconstrained.
         deq_settings: DEQ settings, a :class:`~deqkit.DEQSettings` or a dict of some.
             Default ``None``: ``tol=1e-3``, else the :class:`~deqkit.DEQSettings` defaults.
         deq_kwargs: Older alias of ``deq_settings`` (a dict).
@@ -188,11 +242,19 @@ class RecallNet(EquilibriumModel):
         norm_groups: int | None = None,
         head_channels: Sequence[int] = (32, 8),
         spectral_norm: bool = False,
+        lipschitz: float | None = None,
         deq_settings: DEQSettings | Mapping[str, Any] | None = None,
         deq_kwargs: Mapping[str, Any] | None = None,
         **deq_keywords: Any,
     ):
         choice("dim", dim, (1, 2))
+        if lipschitz is not None:
+            lipschitz = real("lipschitz", lipschitz, 0.0, low_open=True)
+            if spectral_norm:
+                raise ValueError(
+                    "lipschitz and spectral_norm cannot be combined: lipschitz bounds every "
+                    "convolution of the cell already (exactly, where spectral_norm estimates)"
+                )
         integer("in_channels", in_channels, 1)
         integer("width", width, 1)
         integer("num_blocks", num_blocks, 1)
@@ -203,7 +265,9 @@ class RecallNet(EquilibriumModel):
         head_channels = tuple(head_channels)
         for c in head_channels:
             integer("head_channels entries", c, 1)
-        cell = RecallCell(dim, width, num_blocks, recall=recall, norm_groups=norm_groups)
+        cell = RecallCell(
+            dim, width, num_blocks, recall=recall, norm_groups=norm_groups, lipschitz=lipschitz
+        )
         if spectral_norm:
             spectral_normalise(cell)
         sizes = (width, *head_channels, out_channels)
@@ -221,6 +285,7 @@ class RecallNet(EquilibriumModel):
         self.dim = dim
         self.width = width
         self.recall = bool(recall)
+        self.lipschitz = lipschitz
 
     @classmethod
     def for_prefix_sums(

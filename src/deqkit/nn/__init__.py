@@ -6,6 +6,7 @@
   gradients, also by alias name (:func:`available_gradients`, :func:`make_gradient`).
 * :class:`Recipe` / :class:`StepPlan`: stabilisers and training aids, composed per step;
   the pieces on their own: :func:`apply_spectral_norm`, :func:`apply_weight_norm`,
+  :func:`apply_norm_bound` (with :func:`operator_norm_bound`, a guaranteed bound),
   :func:`jacobian_frobenius`, :func:`mixed_init`.
 * :class:`Packer` and :data:`State`: a state (a tensor or a tuple of tensors) packed into one
   ``[B, N]`` batch of vectors and back, for instruments over DEQ states.
@@ -20,7 +21,7 @@ from ._gradients import (
     available_gradients,
     make_gradient,
 )
-from ._norms import apply_spectral_norm, apply_weight_norm
+from ._norms import apply_norm_bound, apply_spectral_norm, apply_weight_norm, operator_norm_bound
 from ._recipe import Recipe, StepPlan
 from ._regularizers import jacobian_frobenius, mixed_init
 from ._settings import DEQSettings
@@ -38,10 +39,12 @@ __all__ = [
     "State",
     "StepPlan",
     "Unrolled",
+    "apply_norm_bound",
     "apply_spectral_norm",
     "apply_weight_norm",
     "available_gradients",
     "jacobian_frobenius",
     "make_gradient",
     "mixed_init",
+    "operator_norm_bound",
 ]
