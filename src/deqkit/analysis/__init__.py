@@ -11,6 +11,9 @@ Each is a function over the public solver and layer API, batched, with per-sampl
 * :func:`compute_curve`: a metric as a function of the evaluation budget (the test-time
   compute curve), read off one solve per batch where the solver allows it.
 * :func:`path_independence`: the asymptotic-alignment score of Anil et al. (2022).
+* :func:`influence`: how strongly input position ``i`` moves output ``j`` through ``z*``
+  (exact Jacobian), by offset ``j - i``, with its fitted decay (:class:`Influence`): the
+  fading memory a contraction implies, measured.
 * :func:`plot_residuals`, :func:`plot_compute_curves`, :func:`plot_spectral_histogram`: PNG
   figures, written atomically (matplotlib is imported only when one is drawn).
 
@@ -35,6 +38,7 @@ from ..nn import jacobian_frobenius
 from ._curve import CurveResult, compute_curve, exact_argmax
 from ._examine import EXAMPLE_COLUMNS, ExamineResult, examine
 from ._fixed_points import ContractionResult, SolverTiming, compare_solvers, contraction
+from ._influence import Influence, influence
 from ._model import EquilibriumLike
 from ._path import PathIndependence, path_independence
 from ._plots import plot_compute_curves, plot_residuals, plot_spectral_histogram
@@ -50,6 +54,7 @@ __all__ = [
     "EquilibriumLike",
     "ExamineResult",
     "ExamineSummary",
+    "Influence",
     "LimitCycle",
     "PathIndependence",
     "SolverTiming",
@@ -58,6 +63,7 @@ __all__ = [
     "Trajectory",
     "compare_solvers",
     "compute_curve",
+    "influence",
     "contraction",
     "examine",
     "exact_argmax",
