@@ -616,6 +616,8 @@ def test_build_model_knows_every_name():
             "monotone_mlp",
             "explicit_mlp",
             "explicit_conv",
+            "deq_attention",
+            "explicit_attention",
         ]
     )
     for name in available_models():

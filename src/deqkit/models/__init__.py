@@ -12,12 +12,16 @@ Explicit baselines (:class:`ExplicitModel`) return ``(logits, None)``. All repor
   cell ``L``-Lipschitz by construction (:class:`AveragedBlock`, bounded convolutions).
 * :class:`DEQMLP` / :class:`ExplicitMLP`: dense classifier and its untied twin.
 * :class:`DEQConv` / :class:`ExplicitConv`: small multiscale conv classifier and its twin.
+* :class:`DEQAttention` / :class:`ExplicitAttention`: a transformer-block cell
+  (:class:`AttentionCell`, input injected at every application, positions explicit) over a
+  sequence or grid, and its untied twin.
 * :class:`MonotoneMLP`: monotone operator DEQ, convergence guaranteed (Winston & Kolter
   2020). ``spectral_norm=True`` on the others constrains their cell's weights.
 * :func:`build_model` builds any of them by name (:func:`available_models`);
   :func:`model_factory` is the constructor it calls.
 """
 
+from ._attention import AttentionCell, DEQAttention, ExplicitAttention, sinusoidal_positions
 from ._base import DEQ_SETTINGS, EquilibriumModel, ExplicitModel
 from ._conv import DEQConv, ExplicitConv, MultiscaleCell, VariationalDropout
 from ._mlp import DEQMLP, ExplicitMLP, MLPCell
@@ -26,11 +30,14 @@ from ._recall import AveragedBlock, RecallCell, RecallNet, ResidualBlock, progre
 from ._registry import available_models, build_model, model_factory
 
 __all__ = [
+    "AttentionCell",
     "AveragedBlock",
+    "DEQAttention",
     "DEQConv",
     "DEQMLP",
     "DEQ_SETTINGS",
     "EquilibriumModel",
+    "ExplicitAttention",
     "ExplicitConv",
     "ExplicitMLP",
     "ExplicitModel",
@@ -46,4 +53,5 @@ __all__ = [
     "build_model",
     "model_factory",
     "progressive_loss",
+    "sinusoidal_positions",
 ]

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ._attention import DEQAttention, ExplicitAttention
 from ._conv import DEQConv, ExplicitConv
 from ._mlp import DEQMLP, ExplicitMLP
 from ._monotone import MonotoneMLP
@@ -22,6 +23,8 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "monotone_mlp": MonotoneMLP,
     "explicit_mlp": ExplicitMLP,
     "explicit_conv": ExplicitConv,
+    "deq_attention": DEQAttention,
+    "explicit_attention": ExplicitAttention,
 }
 
 
@@ -59,6 +62,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     ``"monotone_mlp"``        :class:`MonotoneMLP`
     ``"explicit_mlp"``        :class:`ExplicitMLP`
     ``"explicit_conv"``       :class:`ExplicitConv`
+    ``"deq_attention"``       :class:`DEQAttention` (transformer-block cell)
+    ``"explicit_attention"``  :class:`ExplicitAttention`
     ========================  ==================================================
 
     Args:
