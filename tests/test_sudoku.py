@@ -10,6 +10,7 @@ import torch
 from deqkit.tasks import (
     SUDOKU_LEVELS,
     sudoku,
+    sudoku_augment,
     sudoku_exact_match,
     sudoku_search,
     sudoku_valid,
@@ -138,3 +139,19 @@ def test_bad_input_is_named():
         sudoku_valid(np.full((1, 9, 9), 10))
     with pytest.raises(ValueError, match="Invalid puzzles shape"):
         sudoku_valid(torch.ones(2, 9, 9, dtype=torch.int64), torch.ones(1, 9, 9, dtype=torch.int64))
+
+
+def test_augmented_boards_stay_valid_unique_and_as_blank_and_differ():
+    puzzles, solutions = sudoku(16, 50, seed=5)
+    g = torch.Generator().manual_seed(0)
+    p2, s2 = sudoku_augment(puzzles, solutions, generator=g)
+    assert sudoku_valid(s2, p2).all()
+    assert (sudoku_search(p2)[0] == 1).all()
+    assert torch.equal((p2 == 0).sum((1, 2)), (puzzles == 0).sum((1, 2)))
+    assert (p2 != puzzles).flatten(1).any(1).all()
+    # The same map on puzzle and solution: the givens of p2 are s2's digits there.
+    assert ((p2 == 0) | (p2 == s2)).all()
+    again = sudoku_augment(puzzles, solutions, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], p2) and torch.equal(again[1], s2)
+    with pytest.raises(ValueError, match="Invalid solutions shape"):
+        sudoku_augment(puzzles, solutions[:3])

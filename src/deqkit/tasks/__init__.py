@@ -9,7 +9,8 @@ Algorithmic tasks with a difficulty knob, generated on the fly (Bansal et al. 20
 * :func:`sudoku`: puzzles ``[n, 9, 9]`` (0 = blank) with exactly one solution, and the
   solutions; harder = more blanks (:data:`SUDOKU_LEVELS`). :func:`sudoku_search` grades a
   puzzle by how much a reference search branches, :func:`sudoku_valid` checks boards
-  independently, :func:`sudoku_exact_match` scores them.
+  independently, :func:`sudoku_exact_match` scores them, :func:`sudoku_augment` applies
+  random symmetries (digits, bands, lines, transposition).
 
 Models output two-class logits ``[n, 2, ...]`` (class 1 = bit 1 / on the path), scored per
 sample by :func:`exact_match` (every position right), :func:`maze_exact_match` and
@@ -46,6 +47,7 @@ from ._registry import (
 from ._sudoku import (
     SUDOKU_LEVELS,
     sudoku,
+    sudoku_augment,
     sudoku_exact_match,
     sudoku_search,
     sudoku_valid,
@@ -74,6 +76,7 @@ __all__ = [
     "read_idx",
     "register_task",
     "sudoku",
+    "sudoku_augment",
     "sudoku_exact_match",
     "sudoku_search",
     "sudoku_valid",
