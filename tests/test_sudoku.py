@@ -112,10 +112,10 @@ def test_exact_match_on_boards_and_logits():
     pred = solutions.clone()
     pred[1, 8, 8] = pred[1, 8, 8] % 9 + 1
     assert sudoku_exact_match(pred, solutions).tolist() == [True, False, True, True]
-    logits = torch.nn.functional.one_hot(pred - 1, 9).float()
+    logits = torch.nn.functional.one_hot(pred - 1, 9).permute(0, 3, 1, 2).float()
     assert sudoku_exact_match(logits, solutions).tolist() == [True, False, True, True]
-    with pytest.raises(ValueError, match=r"Invalid pred shape: \(4, 9, 9, 10\)"):
-        sudoku_exact_match(torch.zeros(4, 9, 9, 10), solutions)
+    with pytest.raises(ValueError, match=r"Invalid pred shape: \(4, 10, 9, 9\)"):
+        sudoku_exact_match(torch.zeros(4, 10, 9, 9), solutions)
     with pytest.raises(ValueError, match=r"Invalid solutions shape"):
         sudoku_exact_match(pred, solutions[:, :8])
 
@@ -155,3 +155,29 @@ def test_augmented_boards_stay_valid_unique_and_as_blank_and_differ():
     assert torch.equal(again[0], p2) and torch.equal(again[1], s2)
     with pytest.raises(ValueError, match="Invalid solutions shape"):
         sudoku_augment(puzzles, solutions[:3])
+
+
+def test_the_sudoku_task_trains_through_the_config_and_names_a_bad_level(tmp_path):
+    from deqkit.tasks import get_task
+    from deqkit.train import TrainConfig, train
+
+    x, y = get_task("sudoku").generate(3, 30, seed=0)
+    puzzles, solutions = sudoku(3, 30, seed=0)
+    assert x.shape == (3, 10, 9, 9) and x.dtype == torch.float32
+    assert torch.equal(x.argmax(1), puzzles) and torch.equal(y, solutions - 1)
+    config = dict(
+        task="sudoku",
+        difficulty=20,
+        eval_difficulties=[20, 30],
+        model_kwargs={"d_model": 16, "heads": 2},
+        steps=2,
+        batch_size=4,
+        eval_size=4,
+        max_iter=5,
+    )
+    result = train(TrainConfig(**config, out_dir=str(tmp_path / "run")), progress=False)
+    assert [e["difficulty"] for e in result.eval] == [20, 30]
+    logits, _ = result.model(x)
+    assert logits.shape == (3, 9, 9, 9)
+    with pytest.raises(ValueError, match=r"Invalid difficulty: 33 \(expected one of 20, 30"):
+        train(TrainConfig(**{**config, "difficulty": 33}, out_dir=str(tmp_path / "bad")))

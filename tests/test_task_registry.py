@@ -45,6 +45,7 @@ def test_the_built_in_tasks_are_what_the_config_used_to_spell_out():
     assert available_tasks() == [
         "prefix_sums",
         "mazes",
+        "sudoku",
         "digits",
         "mnist_subset",
         "mnist1d",
@@ -52,7 +53,7 @@ def test_the_built_in_tasks_are_what_the_config_used_to_spell_out():
         "fashion_mnist",
         "cifar10",
     ]
-    assert available_tasks(procedural=True) == ["prefix_sums", "mazes"]
+    assert available_tasks(procedural=True) == ["prefix_sums", "mazes", "sudoku"]
     for name, model, difficulty in [
         ("prefix_sums", "recall1d", 16),
         ("mazes", "recall2d", 9),
@@ -67,7 +68,10 @@ def test_the_built_in_tasks_are_what_the_config_used_to_spell_out():
         "fashion_mnist",
         "cifar10",
     ]
-    assert tasks.describe_difficulties() == "string length (prefix_sums), cells per side k (mazes)"
+    assert tasks.describe_difficulties() == (
+        "string length (prefix_sums), cells per side k (mazes), "
+        "blank cells (20/30/40/45/50/54/58) (sudoku)"
+    )
 
 
 def test_adding_a_task_is_one_registration(copy_task, tmp_path):

@@ -733,7 +733,9 @@ def test_float64_and_explicit_models_and_the_stand_in_protocol(tmp_path):
     c = dataclasses.replace(c, model_kwargs={})
     r = train(c, progress=False)
     assert isinstance(r.model, SeqModel) and r.model.length == 5
-    with pytest.raises(ValueError, match="unknown model 'mlp'; valid: deq_conv, deq_mlp"):
+    with pytest.raises(
+        ValueError, match="unknown model 'mlp'; valid: deq_attention, deq_conv, deq_mlp"
+    ):
         train(small(tmp_path, "bad0", model="mlp"), progress=False)
     with pytest.raises(ValueError, match="cannot import"):
         train(small(tmp_path, "bad", model="no_such_module_xyz:Model"), progress=False)

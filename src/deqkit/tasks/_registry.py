@@ -18,6 +18,7 @@ from ._files import load_cifar10, load_idx_dataset
 from ._maze import mazes
 from ._metrics import exact_match
 from ._prefix_sum import prefix_sums
+from ._sudoku import SUDOKU_LEVELS, cells_exact_match, sudoku_task
 
 __all__ = [
     "Task",
@@ -197,6 +198,18 @@ for _task in (
         num_classes=2,
         default_model_kwargs=_RECALL,
         description="the start-goal path of perfect mazes",
+    ),
+    Task(
+        "sudoku",
+        "deq_attention",
+        cells_exact_match,
+        generate=sudoku_task,
+        difficulty=f"blank cells ({'/'.join(map(str, SUDOKU_LEVELS))})",
+        difficulty_label="blanks",
+        default_difficulty=30,
+        min_difficulty=SUDOKU_LEVELS[0],
+        num_classes=9,
+        description="Sudoku boards with one solution (tasks.sudoku)",
     ),
     Task("digits", "deq_conv", top1, load=load_digits_dataset, description="8x8 digits"),
     Task("mnist_subset", "deq_conv", top1, load=load_mnist_subset, description="5,000 MNIST"),

@@ -186,6 +186,20 @@ def sudoku(n: int, difficulty: int, *, seed: int | None = None) -> tuple[Tensor,
     )
 
 
+def sudoku_task(n: int, difficulty: int, *, seed: int | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`sudoku` as a model's input and target, the ``generate`` of the ``sudoku`` task.
+
+    Returns:
+        ``(x, y)``: ``x`` float32 ``[n, 10, 9, 9]``, one-hot per cell (channel 0 = blank,
+        channel ``d`` = given digit ``d``); ``y`` int64 ``[n, 9, 9]``, the solution's digit
+        minus one (classes 0-8). Models output logits ``[n, 9, 9, 9]`` (classes first),
+        scored per board by :func:`deqkit.tasks.exact_match` (all 81 cells).
+    """
+    puzzles, solutions = sudoku(n, difficulty, seed=seed)
+    x = torch.nn.functional.one_hot(puzzles, 10).permute(0, 3, 1, 2).float()
+    return x, solutions - 1
+
+
 def _line_permutations(n: int, g: torch.Generator) -> Tensor:
     """``[n, 9]`` permutations of rows (or columns) that keep the bands: a random order of
     the three bands, and of the three lines inside each."""
@@ -319,8 +333,8 @@ def sudoku_exact_match(pred: Tensor, solutions: Tensor) -> Tensor:
     """Whether each predicted board equals its solution in all 81 cells.
 
     Args:
-        pred: Digit logits ``[n, 9, 9, 9]`` (classes: digits 1-9, last axis) or boards
-            ``[n, 9, 9]`` of digits 1-9.
+        pred: Digit logits ``[n, 9, 9, 9]``, classes first as every deqkit model outputs
+            them (class ``c`` = digit ``c + 1``), or boards ``[n, 9, 9]`` of digits 1-9.
         solutions: ``[n, 9, 9]`` digits 1-9, as :func:`sudoku` returns them.
 
     Returns:
@@ -331,16 +345,22 @@ def sudoku_exact_match(pred: Tensor, solutions: Tensor) -> Tensor:
     """
     if solutions.ndim != 3 or tuple(solutions.shape[1:]) != (9, 9):
         raise ValueError(f"Invalid solutions shape: {tuple(solutions.shape)} (expected [n, 9, 9])")
-    if pred.ndim == 4:
-        if tuple(pred.shape) != (*solutions.shape, 9):
-            raise ValueError(
-                f"Invalid pred shape: {tuple(pred.shape)} (expected {tuple(solutions.shape)} "
-                "boards or [n, 9, 9, 9] digit logits)"
-            )
-        pred = pred.argmax(-1) + 1
+    if pred.ndim == 4 and tuple(pred.shape) == (len(solutions), 9, 9, 9):
+        pred = pred.argmax(1) + 1
     elif pred.shape != solutions.shape:
         raise ValueError(
             f"Invalid pred shape: {tuple(pred.shape)} (expected {tuple(solutions.shape)} "
-            "boards or [n, 9, 9, 9] digit logits)"
+            "boards or [n, 9, 9, 9] digit logits, classes first)"
         )
     return (pred == solutions).flatten(1).all(1)
+
+
+def cells_exact_match(logits: Tensor, target: Tensor) -> Tensor:
+    """The ``sudoku`` task's metric: ``logits [n, C, *S]``, ``target [n, *S]`` class
+    indices; a sample counts if the argmax is right at every position."""
+    if logits.ndim != target.ndim + 1 or logits.shape[:1] + logits.shape[2:] != target.shape:
+        raise ValueError(
+            f"Invalid logits shape: {tuple(logits.shape)} (expected [n, C, ...] matching "
+            f"target {tuple(target.shape)})"
+        )
+    return (logits.argmax(1) == target).flatten(1).all(1)

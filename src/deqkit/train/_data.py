@@ -186,12 +186,16 @@ class Data:
         return self.spec.metric(logits, y)
 
     def model_hints(self) -> dict[str, Any]:
-        """Shape facts a model builder may take: channels, features, classes, image size."""
+        """Shape facts a model builder may take: channels, features, classes, image size,
+        spatial axes; for a procedural task also ``out_channels``, its classes per position."""
         x = self.example_input()
         hints: dict[str, Any] = {
             "in_channels": int(x.shape[1]),
             "in_features": int(math.prod(x.shape[1:])),
             "num_classes": self.num_classes,
             "input_shape": tuple(int(s) for s in x.shape[1:]),
+            "spatial_dims": x.dim() - 2,
         }
+        if self.dataset is None:  # per-position classes: the output channels
+            hints["out_channels"] = self.num_classes
         return hints

@@ -70,7 +70,8 @@ def model_from_config(config: TrainConfig) -> nn.Module:
     In deq mode its DEQ is built with ``config.deq`` over the model's own settings
     (``model.deq.settings``); an explicit model, which has no DEQ, ignores them.
     Shape facts of the task (``in_channels``, ``in_features``, ``num_classes``,
-    ``input_shape``) are passed when the builder names them as parameters and
+    ``input_shape``, ``spatial_dims``, and for procedural tasks ``out_channels``) are
+    passed when the builder names them as parameters and
     ``config.model_kwargs`` does not already give them. Seed torch before calling for a
     reproducible initialisation (:func:`train` seeds with ``config.seed``).
 
