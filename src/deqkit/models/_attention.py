@@ -156,12 +156,16 @@ def _check(in_channels, out_channels, spatial_dims, d_model, heads, mlp_ratio) -
 
 
 class _Shaped:
-    """Records the input's spatial shape for the readout (tokens carry no shape)."""
+    """``inject`` that records the input's spatial shape for the readout (tokens carry no
+    shape), shared by the DEQ and its explicit twin."""
 
     head: TokenReadout
+    injection: TokenInjection
 
-    def _remember(self, x: Tensor) -> None:
+    def inject(self, x: Tensor) -> Tensor:
+        """Tokens ``u [B, T, d_model]`` of ``x``, positions included."""
         self.head.shape = tuple(x.shape[2:])
+        return self.injection(x)
 
 
 class DEQAttention(_Shaped, EquilibriumModel):
@@ -218,11 +222,6 @@ class DEQAttention(_Shaped, EquilibriumModel):
             **deq_keywords,
         )
 
-    def inject(self, x: Tensor) -> Tensor:
-        """Tokens ``u [B, T, d_model]`` of ``x``, positions included."""
-        self._remember(x)
-        return self.injection(x)
-
 
 class ExplicitAttention(_Shaped, ExplicitModel):
     """The untied twin of :class:`DEQAttention`: ``depth`` transformer blocks, each with its
@@ -257,8 +256,3 @@ class ExplicitAttention(_Shaped, ExplicitModel):
             [AttentionCell(d_model, heads, mlp_ratio) for _ in range(depth)],
             TokenReadout(d_model, out_channels),
         )
-
-    def inject(self, x: Tensor) -> Tensor:
-        """Tokens ``u [B, T, d_model]`` of ``x``, positions included."""
-        self._remember(x)
-        return self.injection(x)
