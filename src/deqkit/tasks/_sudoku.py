@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .._validate import choice, integer
+from ._common import make_generator
 
 SUDOKU_LEVELS: tuple[int, ...] = (20, 30, 40, 45, 50, 54, 58)
 """The valid ``difficulty`` values of :func:`sudoku`: blank cells per 81-cell board, easiest
@@ -237,11 +238,7 @@ def sudoku_augment(
         raise ValueError(
             f"Invalid solutions shape: {tuple(s.shape)} (expected {tuple(p.shape)}, as puzzles)"
         )
-    g = (
-        generator
-        if generator is not None
-        else torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**63))
-    )
+    g = make_generator(None, generator)
     n = p.shape[0]
     digits = torch.cat(
         [torch.zeros(n, 1, dtype=torch.int64), torch.rand(n, 9, generator=g).argsort(1) + 1], 1
