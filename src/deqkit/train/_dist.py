@@ -4,7 +4,7 @@ the objective wrapped in ``DistributedDataParallel``."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ class Dist:
     local_rank: int
     device: torch.device
     owns_group: bool
+    _wrapped: list = field(default_factory=list, repr=False)  # the DDP modules of wrap()
 
     @property
     def enabled(self) -> bool:
@@ -56,7 +57,31 @@ class Dist:
             else:
                 dist.barrier()
 
+    def wrap(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """``module`` in ``DistributedDataParallel`` on this process's device; :meth:`close`
+        releases the wrapper's reducer before it leaves the group."""
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(
+            module, device_ids=ids, find_unused_parameters=find_unused_parameters
+        )
+        self._wrapped.append(wrapped)
+        return wrapped
+
     def close(self) -> None:
+        """Release the reducers of :meth:`wrap`'s modules, then leave the group if this
+        process joined it.
+
+        The order matters. A DDP reducer holds the process group from C++ and is freed with
+        the GIL held; were it the group's last holder, the gloo destructor would wait, with
+        the GIL, for a worker thread that may still be releasing a finished collective's
+        tensors, which takes the GIL: a deadlock (torch issue 56297; it hung one test run
+        in four here, the other rank then waiting in the next rendezvous). Released while
+        the group is registered, the reducer is never the last holder, and the group goes
+        with the registry's reference, whose destructor releases the GIL.
+        """
+        for module in self._wrapped:
+            module.__dict__.pop("reducer", None)
+        self._wrapped.clear()
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -145,5 +170,4 @@ def ddp(objective: nn.Module, dist: Dist, x: Tensor, y: Tensor, step: int) -> nn
     with torch.no_grad():
         for k, v in model.named_buffers():
             v.copy_(buffers[k])
-    ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=bool(unused))
+    return dist.wrap(objective, find_unused_parameters=bool(unused))
