@@ -181,3 +181,49 @@ def test_the_sudoku_task_trains_through_the_config_and_names_a_bad_level(tmp_pat
     assert logits.shape == (3, 9, 9, 9)
     with pytest.raises(ValueError, match=r"Invalid difficulty: 33 \(expected one of 20, 30"):
         train(TrainConfig(**{**config, "difficulty": 33}, out_dir=str(tmp_path / "bad")))
+
+
+def test_a_training_pool_draws_augmented_pool_boards_split_invariantly():
+    """train_pool: every training board is a pool board under a Sudoku symmetry (valid,
+    uniquely solvable, as blank), sample i of a step does not depend on the batch split, and
+    the pool is the same for the same seed."""
+    from deqkit.train import Data, TrainConfig
+
+    config = TrainConfig(task="sudoku", difficulty=30, train_pool=6, batch_size=8, seed=3)
+    data = Data(config)
+    x_pool, y_pool = data.pool()
+    assert x_pool.shape == (6, 10, 9, 9) and y_pool.shape == (6, 9, 9)
+    x, y = data.batch(4, 0, 8)
+    puzzles, solutions = x.argmax(1), y + 1
+    assert sudoku_valid(solutions, puzzles).all()
+    assert (sudoku_search(puzzles)[0] == 1).all()
+    assert ((puzzles == 0).sum((1, 2)) == 30).all()
+
+    # Symmetries keep how many times each digit count pattern occurs: sorted digit counts of
+    # the givens match one pool board's (a relabelling permutes the counts).
+    def counts(boards):
+        c = torch.stack([(boards == d).sum((1, 2)) for d in range(1, 10)], 1)
+        return c.sort(1).values
+
+    pool_counts = counts(x_pool.argmax(1))
+    assert all((pool_counts == row).all(1).any() for row in counts(puzzles))
+    assert not torch.equal(x, data.batch(5, 0, 8)[0])  # steps differ
+    again = Data(config)
+    assert torch.equal(again.batch(4, 2, 5)[0], x[2:5])  # another rank's share, same boards
+    assert torch.equal(again.batch(4, 2, 5)[1], y[2:5])
+
+
+def test_a_pool_without_augmentation_repeats_its_samples_and_is_for_procedural_tasks():
+    from deqkit.train import Data, TrainConfig
+
+    data = Data(TrainConfig(task="prefix_sums", difficulty=8, train_pool=3, batch_size=16))
+    x, y = data.batch(0, 0, 16)
+    distinct = {tuple(row.flatten().tolist()) for row in x}
+    pool = {tuple(row.flatten().tolist()) for row in data.pool()[0]}
+    assert distinct <= pool and len(pool) == 3
+    with pytest.raises(ValueError, match="train_pool applies to procedural tasks only"):
+        TrainConfig(task="digits", train_pool=10)
+    with pytest.raises(ValueError, match=r"Invalid train_pool: 0 \(expected an integer >= 1\)"):
+        TrainConfig(task="sudoku", train_pool=0)
+    with pytest.raises(ValueError, match="no training pool"):
+        Data(TrainConfig(task="sudoku")).pool()

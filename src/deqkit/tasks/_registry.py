@@ -18,7 +18,7 @@ from ._files import load_cifar10, load_idx_dataset
 from ._maze import mazes
 from ._metrics import exact_match
 from ._prefix_sum import prefix_sums
-from ._sudoku import SUDOKU_LEVELS, cells_exact_match, sudoku_task
+from ._sudoku import SUDOKU_LEVELS, cells_exact_match, sudoku_task, sudoku_task_augment
 
 __all__ = [
     "Task",
@@ -67,6 +67,11 @@ class Task:
             own ``num_classes`` comes with it).
         default_model_kwargs: Arguments of the default model unless a config gives them
             (the recall networks: ``norm_groups=4``, as in every measured configuration).
+        augment: Procedural tasks, optional: ``augment(x, y, generator) -> (x, y)``, the same
+            samples under random symmetries of the task that keep them valid and of the same
+            difficulty (Sudoku's digit relabelling, band and line permutations,
+            transposition). A run that trains on a fixed pool of samples
+            (``TrainConfig.train_pool``) draws each sample through it. Default ``None``.
         description: One line for help texts.
 
     Raises:
@@ -86,6 +91,7 @@ class Task:
     min_difficulty: int | None = None
     num_classes: int | None = None
     default_model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    augment: Callable[..., tuple[Tensor, Tensor]] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -97,7 +103,7 @@ class Task:
             raise TypeError(f"metric of task {self.name!r} must be callable")
         if (self.generate is None) == (self.load is None):
             raise ValueError(f"task {self.name!r} needs either generate or load, not both")
-        for name in ("generate", "load"):
+        for name in ("generate", "load", "augment"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} of task {self.name!r} must be callable")
@@ -111,7 +117,13 @@ class Task:
         else:
             given = [
                 n
-                for n in ("difficulty", "default_difficulty", "min_difficulty", "num_classes")
+                for n in (
+                    "difficulty",
+                    "default_difficulty",
+                    "min_difficulty",
+                    "num_classes",
+                    "augment",
+                )
                 if getattr(self, n) is not None
             ]
             if given:
@@ -209,6 +221,7 @@ for _task in (
         default_difficulty=30,
         min_difficulty=SUDOKU_LEVELS[0],
         num_classes=9,
+        augment=sudoku_task_augment,
         description="Sudoku boards with one solution (tasks.sudoku)",
     ),
     Task("digits", "deq_conv", top1, load=load_digits_dataset, description="8x8 digits"),

@@ -201,6 +201,24 @@ def sudoku_task(n: int, difficulty: int, *, seed: int | None = None) -> tuple[Te
     return x, solutions - 1
 
 
+def sudoku_task_augment(
+    x: Tensor, y: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`sudoku_augment` on the ``sudoku`` task's encoding, its ``augment``.
+
+    Args:
+        x: ``[n, 10, 9, 9]`` one-hot puzzles, as :func:`sudoku_task` returns them.
+        y: ``[n, 9, 9]`` their solutions' digits minus one.
+        generator: Draws the symmetries (see :func:`sudoku_augment`).
+
+    Returns:
+        ``(x, y)`` in the same encoding, each pair under its own symmetry.
+    """
+    puzzles, solutions = sudoku_augment(x.argmax(1), y + 1, generator=generator)
+    x = torch.nn.functional.one_hot(puzzles, 10).permute(0, 3, 1, 2).to(x.dtype)
+    return x, solutions - 1
+
+
 def _line_permutations(n: int, g: torch.Generator) -> Tensor:
     """``[n, 9]`` permutations of rows (or columns) that keep the bands: a random order of
     the three bands, and of the three lines inside each."""

@@ -87,6 +87,12 @@ def validate(config: TrainConfig) -> None:
             f"augment_shift applies to data sets only; {config.task!r} draws a fresh batch "
             f"every step (got augment_shift={config.augment_shift})"
         )
+    integer("train_pool", config.train_pool, 1, optional=True)
+    if not procedural and config.train_pool is not None:
+        raise ValueError(
+            f"train_pool applies to procedural tasks only; {config.task!r} is a data set "
+            f"with its own training split (got train_pool={config.train_pool})"
+        )
     integer("log_every", config.log_every, 1)
     for name in ("eval_every", "eval_size", "eval_batch_size", "eval_max_iter", "checkpoint_every"):
         integer(name, getattr(config, name), 1, optional=True)

@@ -125,6 +125,13 @@ class TrainConfig:
         augment_shift: Data sets only: shift every training input by a random whole number
             of pixels in ``[-augment_shift, augment_shift]`` along each spatial axis (edges
             replicated), drawn per sample from ``(seed, step, index)``. ``0`` (default): off.
+        train_pool: Procedural tasks only: train on a fixed pool of this many samples at the
+            training difficulty, generated once from ``seed``, instead of a fresh sample
+            every time; sample ``i`` of step ``s`` is a pool member drawn from ``(seed, s,
+            i)``, passed through the task's ``augment`` where it has one (the protocol of
+            HRM and TRM on Sudoku: 1,000 boards under random symmetries). It also makes a
+            costly generator (Sudoku at many blanks) cost once per run. ``None`` (default):
+            fresh samples.
 
     Logging, evaluation, checkpoints:
         log_every: Write a metrics record every this many steps (and at the last). Default 1.
@@ -193,6 +200,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int = 64
     augment_shift: int = 0
+    train_pool: int | None = None
     log_every: int = 1
     eval_every: int | None = None
     eval_size: int | None = None

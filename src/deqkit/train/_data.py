@@ -21,6 +21,7 @@ from ._config import TrainConfig
 __all__ = ["Data", "mix_seed"]
 
 TRAIN_STREAM, EVAL_STREAM, STEP_STREAM, PERM_STREAM, LOSS_STREAM, AUGMENT_STREAM = 1, 2, 3, 4, 5, 6
+POOL_STREAM = 7
 _MASK = (1 << 64) - 1
 
 
@@ -46,7 +47,8 @@ class Data:
 
     What the task is comes from its registry entry (:attr:`TrainConfig.task_spec`).
     Procedural tasks (``prefix_sums``, ``mazes``) draw sample ``i`` of step ``s`` from their
-    generator seeded with ``(seed, s, i)``: inputs ``x [n, 1, L]`` / ``[n, 3, H, W]``,
+    generator seeded with ``(seed, s, i)`` (with ``train_pool``, from a fixed pool, see
+    :meth:`pool`): inputs ``x [n, 1, L]`` / ``[n, 3, H, W]``,
     targets ``y [n, L]`` / ``[n, H, W]``, ``num_classes == 2``. Data sets (``digits``, ...)
     load once, shuffle their training split once per epoch with a generator seeded with
     ``(seed, epoch)`` and walk through it in global batches of ``config.batch_size`` (the
@@ -73,6 +75,7 @@ class Data:
         self.config = config
         self.task = config.task
         self._perm: tuple[int, Tensor] | None = None
+        self._pool: tuple[Tensor, Tensor] | None = None
         self._eval_cache: dict[tuple[int | None, int], tuple[Tensor, Tensor]] = {}
         self.spec = config.task_spec
         if self.spec.procedural:
@@ -117,6 +120,8 @@ class Data:
     def batch(self, step: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
         """Samples ``lo .. hi - 1`` of the global batch of step ``step`` (from 0), on CPU."""
         c = self.config
+        if self.dataset is None and c.train_pool is not None:
+            return self._from_pool(step, lo, hi)
         if self.dataset is None:
             make = self.spec.generate
             diff = c.train_difficulty
@@ -134,6 +139,33 @@ class Data:
         if c.augment_shift:
             x = self._shift(x, step, lo)
         return x, self.dataset.y_train[idx]
+
+    def pool(self) -> tuple[Tensor, Tensor]:
+        """The training pool of ``config.train_pool`` samples (generated on first use, from
+        ``(seed, difficulty)``, the same on every rank and on resuming)."""
+        c = self.config
+        if c.train_pool is None:
+            raise ValueError(f"this run has no training pool (train_pool=None, task {c.task!r})")
+        if self._pool is None:
+            seed = mix_seed(c.seed, POOL_STREAM, c.train_difficulty)
+            self._pool = self.spec.generate(c.train_pool, c.train_difficulty, seed=seed)
+        return self._pool
+
+    def _from_pool(self, step: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Samples ``lo .. hi - 1`` of step ``step`` drawn from the pool: each its own pool
+        member and symmetry, from ``(seed, step, index)``, so that a sample does not depend
+        on how the batch is split between ranks."""
+        x_pool, y_pool = self.pool()
+        xs, ys = [], []
+        for i in range(lo, hi):
+            g = torch.Generator().manual_seed(mix_seed(self.config.seed, TRAIN_STREAM, step, i))
+            j = int(torch.randint(len(x_pool), (1,), generator=g))
+            x, y = x_pool[j : j + 1], y_pool[j : j + 1]
+            if self.spec.augment is not None:
+                x, y = self.spec.augment(x, y, g)
+            xs.append(x)
+            ys.append(y)
+        return torch.cat(xs), torch.cat(ys)
 
     def _shift(self, x: Tensor, step: int, lo: int) -> Tensor:
         """Shift sample ``lo + j`` of step ``step`` by its own random offsets (edges replicated)."""
