@@ -159,3 +159,28 @@ def test_bad_arguments_are_named():
     # By name, as a config gives it.
     model = deqkit.models.build_model("recall2d", width=4, lipschitz=0.5)
     assert model.lipschitz == 0.5
+
+
+def test_the_averaged_control_is_the_contractive_architecture_without_its_bound():
+    """averaged=True: the blocks of lipschitz=L (averaged, no group norm) with the same
+    parameters, but no norm bound and no factor L, so large weights expand it."""
+    torch.manual_seed(0)
+    control = RecallNet.for_prefix_sums(width=6, averaged=True).double()
+    bound = RecallNet.for_prefix_sums(width=6, lipschitz=0.5).double()
+    assert [type(b).__name__ for b in control.cell.blocks] == ["AveragedBlock"] * 2
+    assert not parametrize.is_parametrized(control.cell.recall_conv)
+    shapes = lambda m: {n: p.shape for n, p in m.named_parameters()}  # noqa: E731
+    assert shapes(control) == {
+        n.replace(".parametrizations.weight.original", ".weight"): s
+        for n, s in shapes(bound).items()
+    }
+    free = scaled(control, 10.0)
+    x = torch.rand(2, 1, 20, dtype=torch.float64).round()
+    z = torch.randn(2, 6, 20, dtype=torch.float64)
+    u = free.inject(x)
+    assert jacobian_norm(lambda t: free.cell(t, u), z) > 1.5
+    with pytest.raises(ValueError, match="averaged and norm_groups cannot be combined"):
+        RecallNet.for_prefix_sums(width=4, averaged=True, norm_groups=2)
+    with pytest.raises(ValueError, match="Invalid averaged"):
+        RecallNet.for_prefix_sums(width=4, averaged="yes")
+    assert deqkit.models.build_model("recall1d", width=4, averaged=True).cell.lipschitz is None

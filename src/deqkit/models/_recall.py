@@ -107,6 +107,9 @@ class RecallCell(nn.Module):
         norm_groups: Group-norm groups in the blocks, or ``None`` (default).
         lipschitz: ``L > 0`` for the contractive cell above, or ``None`` (default) for the
             unconstrained one.
+        averaged: :class:`AveragedBlock`\ s without the norm bound and the factor ``L``: the
+            contractive cell's architecture, unconstrained (the control of ``lipschitz``).
+            Implied by ``lipschitz``. Default ``False``.
     """
 
     def __init__(
@@ -118,18 +121,20 @@ class RecallCell(nn.Module):
         recall: bool = True,
         norm_groups: int | None = None,
         lipschitz: float | None = None,
+        averaged: bool = False,
     ):
         super().__init__()
         self.recall = bool(recall)
         self.lipschitz = lipschitz
         self.recall_conv = _conv(dim, 2 * width, width) if self.recall else None
-        if lipschitz is None:
+        if lipschitz is None and not averaged:
             blocks = [ResidualBlock(dim, width, norm_groups) for _ in range(num_blocks)]
         else:
             if norm_groups is not None:
                 raise ValueError(
-                    "lipschitz and norm_groups cannot be combined: group norm divides by a "
-                    "standard deviation, which no constant bounds"
+                    f"{'lipschitz' if lipschitz is not None else 'averaged'} and norm_groups "
+                    "cannot be combined: the averaged blocks have no normalisation (group "
+                    "norm divides by a standard deviation, which no constant bounds)"
                 )
             blocks = [AveragedBlock(dim, width) for _ in range(num_blocks)]
         self.blocks = nn.Sequential(*blocks)
@@ -216,6 +221,9 @@ class RecallNet(EquilibriumModel):
         lipschitz: ``L > 0``: the cell is ``L``-Lipschitz in ``z`` by construction (a
             contraction for ``L < 1``; see :class:`RecallCell`), without group norm or
             spectral normalisation. Default ``None``: unconstrained.
+        averaged: The cell of ``lipschitz`` (averaged blocks, no group norm) without its
+            bound: the control that separates the constraint from the architecture.
+            Default ``False``.
         deq_settings: DEQ settings, a :class:`~deqkit.DEQSettings` or a dict of some.
             Default ``None``: ``tol=1e-3``, else the :class:`~deqkit.DEQSettings` defaults.
         deq_kwargs: Older alias of ``deq_settings`` (a dict).
@@ -243,6 +251,7 @@ class RecallNet(EquilibriumModel):
         head_channels: Sequence[int] = (32, 8),
         spectral_norm: bool = False,
         lipschitz: float | None = None,
+        averaged: bool = False,
         deq_settings: DEQSettings | Mapping[str, Any] | None = None,
         deq_kwargs: Mapping[str, Any] | None = None,
         **deq_keywords: Any,
@@ -260,13 +269,20 @@ class RecallNet(EquilibriumModel):
         integer("num_blocks", num_blocks, 1)
         integer("out_channels", out_channels, 1)
         flag("recall", recall)
+        flag("averaged", averaged)
         if norm_groups is not None:
             check_groups(norm_groups, width, "norm_groups")
         head_channels = tuple(head_channels)
         for c in head_channels:
             integer("head_channels entries", c, 1)
         cell = RecallCell(
-            dim, width, num_blocks, recall=recall, norm_groups=norm_groups, lipschitz=lipschitz
+            dim,
+            width,
+            num_blocks,
+            recall=recall,
+            norm_groups=norm_groups,
+            lipschitz=lipschitz,
+            averaged=averaged,
         )
         if spectral_norm:
             spectral_normalise(cell)
