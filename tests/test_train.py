@@ -917,6 +917,17 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _join_or_fail(context, seconds: float, message: str) -> None:
+    """Wait for the processes of ``mp.spawn(..., join=False)``; past ``seconds``, kill them
+    and fail the test with ``message`` (a hang costs minutes, not the store's 30)."""
+    deadline = time.monotonic() + seconds
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(message)
+
+
 def _record_grads(store):
     def callback(event: StepEvent) -> None:
         params = event.model.named_parameters()
@@ -994,12 +1005,7 @@ def test_two_process_gloo_runs_match_one_process_on_the_combined_batch(tmp_path)
         join=False,
     )
     # A rendezvous that hangs would otherwise wait for the store's 30-minute timeout.
-    deadline = time.monotonic() + 3000
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two gloo ranks did not finish within 10 minutes")
+    _join_or_fail(context, 600, "the two gloo ranks did not finish within 10 minutes")
     for case, c in configs.items():
         grads: list = []
         single = train(
@@ -1087,10 +1093,5 @@ def test_ddp_close_does_not_deadlock_in_the_gloo_destructor(tmp_path):
     gloo worker thread waited for the GIL to drop a finished collective's tensors: every
     run of this loop hung within ten cycles (one test run in four of the DDP test above)."""
     context = mp.spawn(_close_worker, args=(_free_ports(30), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two gloo ranks deadlocked leaving the group (see Dist.close)")
+    _join_or_fail(context, 300, "the two gloo ranks deadlocked leaving the group (Dist.close)")
     assert {p.name for p in tmp_path.iterdir()} == {"rank0", "rank1"}
