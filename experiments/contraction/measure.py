@@ -1,7 +1,8 @@
 """Does forcing a contraction limit what a DEQ learns? Measured on finished training runs.
 
     .venv/bin/python experiments/contraction/measure.py [--out runs/experiments/training] \
-        [--variants TASK/VARIANT,...]   (default: the three lipschitz variants, phantom_jitter)
+        [--variants TASK/VARIANT,...]   (default: the three lipschitz variants, their
+                                         control "averaged", phantom_jitter)
 
 For every finished seed of each variant (``experiments/training/run.sh``): the held-out
 accuracy at 32, 64 and 128 bits (the run's own evaluations), the spectral norm of
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="prefix32/lipschitz050,prefix32/lipschitz090,prefix32/lipschitz099,"
-        "prefix32/phantom_jitter",
+        "prefix32/averaged,prefix32/phantom_jitter",
     )
     parser.add_argument("--n", type=int, default=16, help="64-bit strings measured per run")
     args = parser.parse_args()

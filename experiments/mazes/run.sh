@@ -14,18 +14,14 @@ cd "$(dirname "$0")/../.."
 DEQKIT=${DEQKIT:-.venv/bin/deqkit}
 OUT=${OUT:-runs/experiments/mazes}
 N=${N:-100}
+source experiments/lib.sh
 for spec in "$@"; do
     IFS=: read -r name seed <<<"$spec"
     config="experiments/mazes/$name.toml"
     [ -f "$config" ] || { echo "run.sh: no config $config (from $spec)" >&2; exit 2; }
     run="$OUT/$name-seed$seed"
     echo "== $run ($(date -u +%H:%M:%S))"
-    if [ -f "$run/run/checkpoint.pt" ] && [ ! -f "$run/run/done" ]; then
-        "$DEQKIT" train --resume "$run/run" --no-progress
-    elif [ ! -f "$run/run/done" ]; then
-        "$DEQKIT" train --config "$config" --seed "$seed" --out-dir "$run/run" --no-progress
-    fi
-    touch "$run/run/done"
+    train_or_resume "$config" "$seed" "$run/run" "$run/run/done"
     if [ "$name" = recurrent ]; then solver=(--solver picard --pick last); else solver=(); fi
     if [ ! -f "$run/sweep.json" ]; then
         "$DEQKIT" sweep "$run/run/checkpoint.pt" --difficulties 9,13,17 \

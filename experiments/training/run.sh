@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEQKIT=${DEQKIT:-.venv/bin/deqkit}
 OUT=${OUT:-runs/experiments/training}
+source experiments/lib.sh
 # Test lengths and budgets per task: "difficulty:max_iter ..." (about 2-4 evaluations per bit).
 declare -A TESTS=(
     [prefix16]="32:100 64:200"
@@ -29,19 +30,11 @@ for spec in "$@"; do
     run="$OUT/$name-seed$seed"
     if [ -f "$run/done" ]; then echo "done: $run"; continue; fi
     echo "== $run ($(date -u +%H:%M:%S))"
-    if [ -f "$run/run/checkpoint.pt" ] && [ ! -f "$run/run/trained" ]; then
-        "$DEQKIT" train --resume "$run/run" --no-progress
-    elif [ ! -f "$run/run/trained" ]; then
-        "$DEQKIT" train --config "$config" --seed "$seed" --out-dir "$run/run" --no-progress
-    fi
-    touch "$run/run/trained"
+    train_or_resume "$config" "$seed" "$run/run" "$run/run/trained"
     for test in ${TESTS[$task]:-}; do
         d=${test%%:*}
-        budget=${test##*:}
-        [ -f "$run/eval-$d.json" ] && continue
-        "$DEQKIT" eval "$run/run/checkpoint.pt" --difficulty "$d" --max-iter "$budget" \
-            --n 300 >"$run/eval-$d.json.tmp"
-        mv "$run/eval-$d.json.tmp" "$run/eval-$d.json"
+        eval_json "$run/eval-$d.json" "$run/run/checkpoint.pt" --difficulty "$d" \
+            --max-iter "${test##*:}" --n 300
     done
     touch "$run/done"
     echo "== finished $run ($(date -u +%H:%M:%S))"
