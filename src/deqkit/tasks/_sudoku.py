@@ -197,8 +197,12 @@ def sudoku_task(n: int, difficulty: int, *, seed: int | None = None) -> tuple[Te
         scored per board by :func:`deqkit.tasks.exact_match` (all 81 cells).
     """
     puzzles, solutions = sudoku(n, difficulty, seed=seed)
-    x = torch.nn.functional.one_hot(puzzles, 10).permute(0, 3, 1, 2).float()
-    return x, solutions - 1
+    return _one_hot(puzzles), solutions - 1
+
+
+def _one_hot(puzzles: Tensor) -> Tensor:
+    """``[n, 9, 9]`` boards (0 = blank) as the task's float32 input ``[n, 10, 9, 9]``."""
+    return torch.nn.functional.one_hot(puzzles, 10).permute(0, 3, 1, 2).float()
 
 
 def sudoku_task_augment(
@@ -215,8 +219,7 @@ def sudoku_task_augment(
         ``(x, y)`` in the same encoding, each pair under its own symmetry.
     """
     puzzles, solutions = sudoku_augment(x.argmax(1), y + 1, generator=generator)
-    x = torch.nn.functional.one_hot(puzzles, 10).permute(0, 3, 1, 2).to(x.dtype)
-    return x, solutions - 1
+    return _one_hot(puzzles).to(x.dtype), solutions - 1
 
 
 def _line_permutations(n: int, g: torch.Generator) -> Tensor:
