@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,20 @@ def test_a_deq_table_and_the_older_top_level_keys_give_the_same_config(tmp_path)
         assert config.deq.get("solver") in (None, "anderson", "picard"), path
 
 
+def test_every_experiment_config_writes_its_deq_settings_in_the_deq_table():
+    # the shipped configs are what users copy: the one nested form, not the older flat keys
+    from deqkit.train._choices import DEQ_KEYS
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    paths = sorted(root.rglob("*.toml"))
+    assert len(paths) > 50
+    flat = {
+        str(path.relative_to(root)): sorted(set(DEQ_KEYS) & set(tomllib.loads(path.read_text())))
+        for path in paths
+    }
+    assert {k: v for k, v in flat.items() if v} == {}
+
+
 def test_a_deq_setting_given_both_ways_is_an_error_naming_it(tmp_path):
     with pytest.raises(ValueError, match=r"^max_iter given both in the deq table and as top"):
         TrainConfig.from_dict({"max_iter": 5, "deq": {"max_iter": 6, "tol": 1e-3}})
@@ -283,6 +298,19 @@ def test_train_flags_set_entries_of_a_config_files_deq_table(tmp_path):
         "max_iter": 20,
         "stop": "abs",
     }
+    # the same entry by its place in the table; a name that is no DEQ setting is refused
+    args = build_parser().parse_args(
+        ["--config", str(path), "--set", "deq.max_iter=30", "--set", 'deq.backward="phantom"']
+    )
+    assert config_from_args(args).deq == {
+        "solver": "picard",
+        "tol": 1e-3,
+        "max_iter": 30,
+        "backward": "phantom",
+    }
+    args = build_parser().parse_args(["--config", str(path), "--set", "deq.tols=1e-3"])
+    with pytest.raises(ValueError, match=r"unknown deq setting 'tols' \(in deq\.tols\); valid: "):
+        config_from_args(args)
 
 
 def test_config_defaults_follow_the_task():

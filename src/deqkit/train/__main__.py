@@ -196,7 +196,8 @@ def build_parser(prog: str = "python -m deqkit.train") -> argparse.ArgumentParse
         metavar="KEY=VALUE",
         help="override any TrainConfig field, repeatable, applied after the other flags; "
         "VALUE is parsed as JSON, else taken as a string, e.g. --set lr=3e-4 --set "
-        "model_kwargs='{\"width\": 64}' (default: none)",
+        "model_kwargs='{\"width\": 64}'; a DEQ setting by name or as deq.NAME, e.g. "
+        "--set deq.max_iter=60 (default: none)",
     )
     p.add_argument(
         "--no-progress",
@@ -218,7 +219,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     The base is the ``--config`` file, else ``RUN_DIR/config.json`` when resuming, else the
     ``TrainConfig`` defaults (prefix sums at 16 bits); the other flags are applied on top
-    (``--tol`` and ``--set tol=...`` set ``deq.tol``; ``--set deq=...`` the whole table).
+    (``--tol``, ``--set tol=...`` and ``--set deq.tol=...`` set ``deq.tol``; ``--set deq=...``
+    the whole table).
     """
     base: dict[str, Any] = {}
     run_dir = args.resume if isinstance(args.resume, str) else None

@@ -71,7 +71,18 @@ def read_flat(data: dict[str, Any]) -> dict[str, Any]:
 def set_key(data: dict[str, Any], key: str, value: Any) -> None:
     """Set ``key`` of a config dict (as :meth:`TrainConfig.to_dict` gives) to ``value``; a
     DEQ setting by name (``"tol"``) sets that entry of ``data["deq"]`` (``None`` removes it).
-    For flags and overrides given on top of a config file: the later value wins."""
+    ``"deq.tol"`` is the same entry by its place in the table. For flags and overrides given
+    on top of a config file: the later value wins.
+
+    Raises:
+        ValueError: ``"deq.NAME"`` with a ``NAME`` that is not a DEQ setting.
+    """
+    if key.startswith("deq."):
+        key = key[len("deq.") :]
+        if key not in DEQ_KEYS:
+            raise ValueError(
+                f"unknown deq setting {key!r} (in deq.{key}); valid: {', '.join(DEQ_KEYS)}"
+            )
     if key in DEQ_KEYS:
         deq = dict(data.get("deq") or {})
         deq[key] = value
