@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from deqkit.bench import MemoryConfig, MemoryRow, check_memory_targets, run_memory_benchmark
@@ -61,8 +63,45 @@ def test_step_time_and_memory_targets():
         ({"clock": "cpu", "device": "cuda"}, "clock"),
         ({"threads": 0}, "threads"),
         ({"repeats": 0}, "repeats"),
+        ({"cell": "conv"}, r"Invalid cell: 'conv' \(expected one of"),
+        ({"cell": "attention", "width": 6}, r"Invalid width: 6 \(expected a multiple of 4"),
+        ({"tokens": 0}, "tokens"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MemoryConfig(**kwargs)
+
+
+def test_the_attention_cell_runs_every_method_with_flat_deq_memory():
+    cfg = MemoryConfig(
+        cell="attention", iterations=(2, 4, 8), width=8, tokens=5, batch=3, repeats=1
+    )
+    rows = run_memory_benchmark(dataclasses.replace(cfg, include_torchdeq=False))
+    peak = {(r.method, r.iterations): r.peak_bytes for r in rows}
+    # the untied net holds one transformer block per iteration: its activations grow with
+    # them, the DEQ's do not (the target for the attention DEQ)
+    assert peak["explicit (untied)", 8] > 1.8 * peak["explicit (untied)", 4]
+    lines = check_memory_targets(rows, at=())
+    assert [line for line in lines if not line.startswith("SKIP")] == [
+        line for line in lines if line.startswith("PASS")
+    ]
+    assert sum("flat" in line or "linearly" in line for line in lines) == 4, lines
+    # the attention step's activations are [B, T, d] tokens: larger than the tanh layer's
+    tanh = run_memory_benchmark(dataclasses.replace(cfg, cell="tanh", include_torchdeq=False))
+    tanh_peak = {(r.method, r.iterations): r.peak_bytes for r in tanh}
+    assert peak["unrolled (tied)", 8] > 4 * tanh_peak["unrolled (tied)", 8]
+
+
+def test_the_cli_offers_the_benchmarks_cells():
+    from deqkit.bench.memory import CELLS
+    from deqkit.cli import build_parser
+
+    args = build_parser().parse_args(["mem-bench", "--cell", "attention", "--tokens", "9"])
+    assert (args.cell, args.tokens) == ("attention", 9)
+    (action,) = [
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices["mem-bench"]._actions
+        if a.dest == "cell"
+    ]
+    assert tuple(action.choices) == CELLS

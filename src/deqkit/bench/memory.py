@@ -1,5 +1,5 @@
 """Memory and step-time benchmark: one DEQ training step against torchdeq's, unrolled and
-explicit networks.
+explicit networks, for a tanh layer or a transformer-block cell.
 
 Peak memory is measured exactly, on any device, as the peak of live tensor storage
 allocated during the step (forward and backward), tracked by a ``TorchDispatchMode``: every
@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_map_only
 
 from .._io import new_figure, save_figure, write_json_atomic
 from .._validate import choice, integer, invalid
+from ..models import AttentionCell
 from ..nn import DEQ, Implicit, Phantom
 from ..testing import TanhCell
 from ._run import torchdeq_available
@@ -71,6 +72,10 @@ class PeakMemory(TorchDispatchMode):
         return out
 
 
+CELLS = ("tanh", "attention")
+"""The cells :class:`MemoryConfig` can benchmark."""
+
+
 @dataclass(frozen=True)
 class MemoryConfig:
     """Settings of :func:`run_memory_benchmark`.
@@ -78,7 +83,14 @@ class MemoryConfig:
     Attributes:
         iterations: Forward iteration counts to sweep (the adjoint solve of the implicit
             gradients runs as many). Default ``(5, 10, 20, 40, 80)``.
-        width: Layer width. Default ``256``.
+        cell: The layer ``f(z, x)``: ``"tanh"`` (default; :class:`deqkit.testing.TanhCell`,
+            ``||W|| = 0.9``, state ``[batch, width]``) or ``"attention"``
+            (:class:`deqkit.models.AttentionCell`, the pre-norm transformer block of
+            ``DEQAttention``, 4 heads, MLP ratio 2, state ``[batch, tokens, width]``).
+        width: Layer width (``d_model`` of the attention cell, divisible by its 4 heads).
+            Default ``256``.
+        tokens: Sequence length of the attention cell (81: a Sudoku board). Default ``81``;
+            ignored by the tanh cell.
         batch: Batch size. Default ``64``.
         repeats: Timed steps per method and iteration count, interleaved across methods
             (median reported). Default ``5``.
@@ -92,7 +104,9 @@ class MemoryConfig:
     """
 
     iterations: Sequence[int] = (5, 10, 20, 40, 80)
+    cell: str = "tanh"
     width: int = 256
+    tokens: int = 81
     batch: int = 64
     repeats: int = 5
     include_torchdeq: bool = True
@@ -106,8 +120,11 @@ class MemoryConfig:
             raise invalid("iterations", self.iterations, "a non-empty sequence of integers >= 1")
         for k in self.iterations:
             integer("iterations entry", k, 1)
-        for name in ("width", "batch", "repeats"):
+        choice("cell", self.cell, CELLS)
+        for name in ("width", "tokens", "batch", "repeats"):
             integer(name, getattr(self, name), 1)
+        if self.cell == "attention" and self.width % _HEADS:
+            raise invalid("width", self.width, f"a multiple of {_HEADS} (the attention heads)")
         integer("threads", self.threads, 1, optional=True)
         choice("clock", self.clock, CLOCKS)
         if self.clock == "cpu" and torch.device(self.device).type != "cpu":
@@ -127,6 +144,23 @@ class MemoryRow:
 
 
 _Step = tuple[Callable[[Tensor], Tensor], list[Tensor]]
+_HEADS = 4  # of the attention cell
+
+
+def _cell(cfg: MemoryConfig, seed: int) -> nn.Module:
+    """The benchmarked layer, its weights drawn from ``seed``."""
+    if cfg.cell == "tanh":
+        return TanhCell(cfg.width, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AttentionCell(cfg.width, heads=_HEADS, mlp_ratio=2.0)
+
+
+def _input(cfg: MemoryConfig) -> Tensor:
+    """The batch ``x``: ``[batch, width]`` (tanh) or ``[batch, tokens, width]`` (attention)."""
+    shape = (cfg.batch, cfg.width) if cfg.cell == "tanh" else (cfg.batch, cfg.tokens, cfg.width)
+    g = torch.Generator().manual_seed(cfg.seed)
+    return torch.randn(*shape, generator=g).to(cfg.device)
 
 
 def _methods(cfg: MemoryConfig, n: int, torchdeq: bool) -> dict[str, _Step]:
@@ -136,14 +170,14 @@ def _methods(cfg: MemoryConfig, n: int, torchdeq: bool) -> dict[str, _Step]:
     iterations of Anderson (no early stop) and, with the implicit gradient, ``n`` adjoint
     iterations; the phantom gradients take 5 damped steps with ``tau = 0.5`` in both.
     """
-    cell = TanhCell(cfg.width, seed=cfg.seed).to(cfg.device)
+    cell = _cell(cfg, cfg.seed).to(cfg.device)
     params = list(cell.parameters())
     tiny = 1e-30  # no early stop: every method runs exactly n forward iterations
     implicit = DEQ(
         cell, solver="anderson", tol=tiny, max_iter=n, backward=Implicit(tol=tiny, max_iter=n)
     )
     phantom = DEQ(cell, solver="anderson", tol=tiny, max_iter=n, backward=Phantom(k=5, tau=0.5))
-    layers = nn.ModuleList(TanhCell(cfg.width, seed=cfg.seed + i) for i in range(n))
+    layers = nn.ModuleList(_cell(cfg, cfg.seed + i) for i in range(n))
     layers = layers.to(cfg.device)
 
     def unrolled(x):
@@ -192,13 +226,14 @@ def _step(loss_fn: Callable[[Tensor], Tensor], x: Tensor, params: list[Tensor]) 
 def run_memory_benchmark(cfg: MemoryConfig | None = None) -> list[MemoryRow]:
     """Peak memory and median time of one training step (forward, loss, backward) per method.
 
-    Methods: deqkit's DEQ (Anderson forward) with the implicit gradient (Anderson adjoint)
-    and with the phantom gradient, the same weight-tied layer unrolled with plain autograd,
-    an explicit network of that depth with untied weights, and torchdeq's DEQ with the
-    same two gradients (when installed and ``cfg.include_torchdeq``), each at every
-    iteration count. A step differentiates the loss with respect to the layer's parameters.
-    Peak memory comes from one step under :class:`PeakMemory`; the timed steps are
-    interleaved, every method once per round, so slow drift hits all methods alike.
+    Methods, for the layer ``cfg.cell``: deqkit's DEQ (Anderson forward) with the implicit
+    gradient (Anderson adjoint) and with the phantom gradient, the same weight-tied layer
+    unrolled with plain autograd, an explicit network of that depth with untied weights,
+    and torchdeq's DEQ with the same two gradients (when installed and
+    ``cfg.include_torchdeq``), each at every iteration count. A step differentiates the
+    loss with respect to the layer's parameters. Peak memory comes from one step under
+    :class:`PeakMemory`; the timed steps are interleaved, every method once per round, so
+    slow drift hits all methods alike.
 
     Args:
         cfg: Settings; default :class:`MemoryConfig()`.
@@ -221,8 +256,7 @@ def _run_memory_benchmark(cfg: MemoryConfig) -> list[MemoryRow]:
     device = torch.device(cfg.device)
     now = clock(cfg.clock)
     rows = []
-    g = torch.Generator().manual_seed(cfg.seed)
-    x = torch.randn(cfg.batch, cfg.width, generator=g).to(cfg.device)
+    x = _input(cfg)
     for n in cfg.iterations:
         methods = _methods(cfg, int(n), torchdeq)
         peaks: dict[str, tuple[int, int | None]] = {}

@@ -116,7 +116,9 @@ def _cmd_mem_bench(args: argparse.Namespace) -> int:
         )
     cfg = bench.MemoryConfig(
         iterations=tuple(args.iterations),
+        cell=args.cell,
         width=args.width,
+        tokens=args.tokens,
         batch=args.batch,
         repeats=args.repeats,
         device=args.device,
@@ -157,11 +159,26 @@ def add_mem_bench(sub) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--cell",
+        choices=("tanh", "attention"),  # deqkit.bench.CELLS, without importing it here
+        default="tanh",
+        help="the layer f(z, x): tanh, z <- tanh(W z + U x + b) with ||W|| = 0.9, or "
+        "attention, the pre-norm transformer block of DEQAttention (4 heads) over --tokens "
+        "positions (default: %(default)s)",
+    )
+    p.add_argument(
         "--width",
         type=positive_int,
         default=256,
-        help="width of the tanh layer z <- tanh(W z + U x + b) and its state, a positive "
-        "integer (default: %(default)s)",
+        help="width of the layer and its state (d_model of the attention cell, a multiple "
+        "of 4), a positive integer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tokens",
+        type=positive_int,
+        default=81,
+        help="positions of the attention cell's state [batch, tokens, width], a positive "
+        "integer; 81 is a Sudoku board (default: %(default)s)",
     )
     p.add_argument(
         "--batch", type=positive_int, default=64, help="batch size (default: %(default)s)"
