@@ -240,3 +240,20 @@ def test_the_finder_catches_each_kind():
         finder.visit(ast.parse(code))
         hits = [t for _, t in finder.reached if _violation(t, "deqkit.analysis")]
         assert bool(hits) == bad, (code, finder.reached)
+
+
+def test_the_readme_layout_table_lists_every_folder_and_module_of_the_tree():
+    # README's layout section (also the docs' layout page) names each package folder and
+    # top-level module once; the internal modules are named in the paragraph below it
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("[start:layout]")[1].split("[end:layout]")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    listed = {name for row in rows for name in row.split("|")[1].replace("`", "").split(", ")}
+    listed = {name.strip() for name in listed}
+    src = ROOT / "src" / "deqkit"
+    tree = {f"{p.name}/" for p in src.iterdir() if (p / "__init__.py").is_file()}
+    tree |= {p.name for p in src.glob("*.py") if not p.name.startswith("_")}
+    assert listed == tree
+    internal = {p.name for p in src.glob("_*.py") if p.name != "__init__.py"}
+    assert internal == {name.split(".")[-1] + ".py" for name in INTERNAL_MODULES}
+    assert all(f"`{name}`" in section for name in internal), internal
