@@ -797,6 +797,31 @@ def test_each_task_trains_its_default_model(tmp_path, task, model_kwargs, cls):
     assert 1 <= r.train["iters_mean"] <= 10 and r.eval[0]["n"] == 16
 
 
+def test_the_recall_nets_take_the_tasks_class_count_and_a_wrong_one_is_named(tmp_path):
+    # recall2d on Sudoku (9 classes a cell) was built with 2 output channels, the class
+    # count never reaching for_mazes, and training died in cross_entropy: "Target 5 is out
+    # of bounds"
+    base = dict(task="sudoku", difficulty=20, model="recall2d", steps=1, batch_size=2)
+    base.update(eval_size=2, max_iter=3, warmup_steps=1)
+    c = TrainConfig(**base, model_kwargs={"width": 8, "num_blocks": 1}, out_dir=str(tmp_path / "a"))
+    model = model_from_config(c)
+    assert model(torch.zeros(2, 10, 9, 9))[0].shape == (2, 9, 9, 9)
+    assert train(c, progress=False).step == 1
+    ps = model_from_config(TrainConfig(model="recall1d", model_kwargs={"width": 8}))
+    assert ps(torch.zeros(3, 1, 5))[0].shape == (3, 2, 5)
+    wrong = dataclasses.replace(
+        c,
+        model_kwargs={"width": 8, "num_blocks": 1, "out_channels": 2},
+        out_dir=str(tmp_path / "b"),
+    )
+    with pytest.raises(ValueError) as err:
+        train(wrong, progress=False)
+    assert str(err.value).startswith(
+        "model 'recall2d' gives 2 classes along dim 1 (logits (2, 2, 9, 9)), the task "
+        "'sudoku' has 9"
+    )
+
+
 def test_solver_settings_left_unset_keep_the_models_own(tmp_path):
     c = small(tmp_path, model="monotone_mlp", model_kwargs={"hidden": 16}, max_iter=None, steps=1)
     r = train(c, progress=False)

@@ -305,24 +305,40 @@ class RecallNet(EquilibriumModel):
 
     @classmethod
     def for_prefix_sums(
-        cls, width: int = 64, num_blocks: int = 2, *, in_channels: int = 1, **kwargs: Any
+        cls,
+        width: int = 64,
+        num_blocks: int = 2,
+        *,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        **kwargs: Any,
     ) -> RecallNet:
         """1-D recall net for prefix-sum parity: ``x [N, 1, L]`` -> logits ``[N, 2, L]``.
 
         Bansal et al. used width 400 (3.1 M parameters with their head); 64-120 fits a CPU.
-        ``kwargs`` go to :class:`RecallNet`.
+        ``in_channels`` and ``out_channels`` are named so that a training config fills them
+        from the task (:func:`deqkit.train.model_from_config`); ``kwargs`` go to
+        :class:`RecallNet`.
         """
-        return cls(1, in_channels, width, num_blocks, **kwargs)
+        return cls(1, in_channels, width, num_blocks, out_channels=out_channels, **kwargs)
 
     @classmethod
     def for_mazes(
-        cls, width: int = 64, num_blocks: int = 2, *, in_channels: int = 3, **kwargs: Any
+        cls,
+        width: int = 64,
+        num_blocks: int = 2,
+        *,
+        in_channels: int = 3,
+        out_channels: int = 2,
+        **kwargs: Any,
     ) -> RecallNet:
-        """2-D recall net for mazes: ``x [N, 3, H, W]`` -> logits ``[N, 2, H, W]``.
+        """2-D recall net for mazes: ``x [N, 3, H, W]`` -> logits ``[N, 2, H, W]``; any
+        other grid task through ``in_channels``/``out_channels`` (Sudoku: 10 in, 9 out,
+        filled from the task by a training config).
 
         Bansal et al. used width 128. ``kwargs`` go to :class:`RecallNet`.
         """
-        return cls(2, in_channels, width, num_blocks, **kwargs)
+        return cls(2, in_channels, width, num_blocks, out_channels=out_channels, **kwargs)
 
     def initial_state(self, x: Tensor) -> Tensor:
         """Zeros ``[N, width, *spatial]`` with recall (no projection computed); ``inject(x)``

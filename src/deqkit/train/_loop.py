@@ -211,7 +211,7 @@ class _Run:
             self.log.rewrite()
         if c.compile:
             compile_cell(self.model)
-        objective: nn.Module = Objective(self.model, c, dist.device)
+        objective: nn.Module = Objective(self.model, c, dist.device, self.data.num_classes)
         if dist.enabled:
             example = self.batch(self.step, 0, min(2, self.per_rank))
             objective = _dist.ddp(objective, dist, *example, self.step)

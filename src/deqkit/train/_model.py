@@ -174,13 +174,23 @@ class Objective(nn.Module):
         config: The run's config (mode, recipes, ``amp``; the DEQ settings are the
             model's, built with ``config.deq``).
         device: Where the batches are (for autocast).
+        num_classes: The task's classes (per position for a procedural task); logits with
+            another count along dim 1 raise ``ValueError`` naming both. Default ``None``:
+            not checked.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        device: torch.device,
+        num_classes: int | None = None,
+    ):
         super().__init__()
         self.model = model
         self.config = config
         self.device = device
+        self.num_classes = num_classes
         self.equilibrium = is_equilibrium(model)
         self.recipe = config.recipe()
 
@@ -197,12 +207,14 @@ class Objective(nn.Module):
                 return full_precision(loss), None, None, None
             if not self.equilibrium:
                 logits, info = model(x)
+                self._check_classes(logits)
                 return F.cross_entropy(full_precision(logits), y), logits, info, None
             plan = self.recipe.plan(step, model.deq, generator=generator)
             z0 = None
             if self.recipe.init != "zeros":
                 z0 = plan.initial_state(model.initial_state(x))
             logits, info = model(x, z0, **plan.overrides)
+            self._check_classes(logits)
             loss = F.cross_entropy(full_precision(logits), y)
             if plan.overrides.get("correction"):
                 loss = loss + plan.correction_loss(
@@ -213,6 +225,17 @@ class Objective(nn.Module):
                 penalty = _jacobian_penalty(model, x, info.forward.z, plan)
                 loss = loss + plan.jac_weight * penalty
         return loss, logits, info, penalty
+
+    def _check_classes(self, logits: Tensor) -> None:
+        # a shape read, no synchronisation; without it a model with too few classes fails
+        # inside cross_entropy ("Target 5 is out of bounds") and one with too many trains
+        if self.num_classes is not None and logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"model {self.config.model_name!r} gives {logits.shape[1]} classes along dim 1 "
+                f"(logits {tuple(logits.shape)}), the task {self.config.task!r} has "
+                f"{self.num_classes}; set the model's output size (out_channels, num_classes) "
+                f"to {self.num_classes} or leave it out of model_kwargs to have it filled in"
+            )
 
 
 def _jacobian_penalty(model: nn.Module, x: Tensor, z_flat: Tensor, plan: Any) -> Tensor:
