@@ -74,6 +74,7 @@ class PeakMemory(TorchDispatchMode):
 
 CELLS = ("tanh", "attention")
 """The cells :class:`MemoryConfig` can benchmark."""
+_HEADS = 4  # of the attention cell
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,6 @@ class MemoryRow:
 
 
 _Step = tuple[Callable[[Tensor], Tensor], list[Tensor]]
-_HEADS = 4  # of the attention cell
 
 
 def _cell(cfg: MemoryConfig, seed: int) -> nn.Module:

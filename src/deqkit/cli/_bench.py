@@ -160,7 +160,7 @@ def add_mem_bench(sub) -> None:
     )
     p.add_argument(
         "--cell",
-        choices=("tanh", "attention"),  # deqkit.bench.CELLS, without importing it here
+        choices=("tanh", "attention"),  # deqkit.bench.memory.CELLS (not imported here)
         default="tanh",
         help="the layer f(z, x): tanh, z <- tanh(W z + U x + b) with ||W|| = 0.9, or "
         "attention, the pre-norm transformer block of DEQAttention (4 heads) over --tokens "
