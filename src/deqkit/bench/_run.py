@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._validate import choice, integer, real
-from ..solvers import available, solve
+from ..solvers import Anderson, available, solve
 from ..testing import TanhProblem as Problem
 from ..testing import TanhSpec as ProblemSpec
 from ..testing import benchmark_problems as default_problems
@@ -68,6 +68,9 @@ class BenchConfig:
         clock: ``"wall"`` (elapsed time, default) or ``"cpu"`` (this process's CPU time,
             steadier on a machine shared with other work; CPU device only). Every time of
             the run, ``f`` alone included, is taken with it.
+        native: Run deqkit's ``"anderson"`` as ``Anderson(native=True)`` (its bookkeeping
+            in the C++ extension; CPU only). Its rows keep the name ``anderson``, so every
+            target measures it. Default ``False``.
 
     Raises:
         ValueError: on an invalid field (the message names it and the valid values).
@@ -85,6 +88,7 @@ class BenchConfig:
     threads: int | None = None
     progress: bool = False
     clock: str = "wall"
+    native: bool = False
 
     def __post_init__(self):
         if not self.problems or not all(isinstance(p, ProblemSpec) for p in self.problems):
@@ -111,6 +115,10 @@ class BenchConfig:
         except RuntimeError as err:
             raise ValueError(f"Invalid device: {self.device!r} ({err})") from None
         choice("clock", self.clock, CLOCKS)
+        if not isinstance(self.native, bool):
+            raise ValueError(f"Invalid native: {self.native!r} (expected True or False)")
+        if self.native and device.type != "cpu":
+            raise ValueError(f"Invalid native: True with device {self.device!r} (CPU only)")
         if self.clock == "cpu" and device.type != "cpu":
             raise ValueError(
                 f"Invalid clock: 'cpu' with device {self.device!r} (expected clock='wall' on "
@@ -244,7 +252,10 @@ class _Counted:
 _Runner = Callable[[Callable[[Tensor], Tensor], Tensor], tuple[Tensor, Tensor, Tensor | None]]
 
 
-def _ours(method: str, tol: float, max_iter: int) -> _Runner:
+def _ours(method: str, tol: float, max_iter: int, native: bool = False) -> _Runner:
+    if native and method == "anderson":
+        method = Anderson(native=True)
+
     def run(f: Callable[[Tensor], Tensor], z0: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         r = solve(f, z0, method, tol=tol, stop="rel", max_iter=max_iter)
         return r.z, r.converged, r.iterations
@@ -295,7 +306,7 @@ def run_solver_benchmark(config: BenchConfig) -> list[Row]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Invalid device: {config.device!r} (CUDA is not available)")
     entrants: list[tuple[str, str, _Runner]] = [
-        (OURS, m, _ours(m, config.tol, config.max_iter)) for m in config.ours
+        (OURS, m, _ours(m, config.tol, config.max_iter, config.native)) for m in config.ours
     ]
     if config.include_torchdeq:
         if not torchdeq_available():

@@ -30,6 +30,7 @@ def _cmd_solve_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress,
         clock=args.clock,
+        native=args.native,
     )
     rows = bench.run_solver_benchmark(config)
     targets = bench.check_targets(rows) + bench.check_limit_targets(rows)
@@ -95,6 +96,13 @@ def add_solve_bench(sub) -> None:
     _add_bench_device(p)
     _add_bench_threads(p)
     _add_bench_clock(p)
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="run deqkit's anderson as Anderson(native=True), its bookkeeping in a C++ "
+        "extension built on first use (needs a C++ compiler and ninja; CPU only) "
+        "(default: the eager step)",
+    )
     p.add_argument(
         "--no-progress",
         action="store_true",

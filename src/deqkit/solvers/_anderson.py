@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._validate import assign, integer, real
+from . import _native
 from ._core import Evaluator, Point, Solver, put
 
 
@@ -41,6 +43,9 @@ class _History:
     pairs: tuple  # two [B, 2, n] buffers, used in turn: (dg, g) of a step, so that the Gram
     # product reads both from one tensor (g is written there by the evaluation)
     safeguard: Tensor  # 0-dim, Anderson.safeguard in the state dtype
+    native: Any  # the compiled extension (Anderson.native) or None
+    proposal: Tensor | None = None  # native: the next proposal, made by the last step ...
+    proposal_for: Tensor | None = None  # ... for the point whose z is this tensor
 
 
 class _Constants:
@@ -136,6 +141,13 @@ class Anderson(Solver):
             rejected, > 1 (``inf`` disables). Default ``10.0``; a factor of 2 stalls on
             non-normal maps, whose residual may legitimately grow by ``||M||`` per step.
         max_weight: Largest accepted ``||gamma||``. Default ``1e6``.
+        native: Run the uniform path's bookkeeping (everything of a step but ``f`` and the
+            residual norms) as two calls into a C++ extension, compiled on first use (it
+            needs a C++ compiler and ``ninja``; ``RuntimeError`` says so where it cannot be
+            built). CPU only, float32 or float64 state, not while autograd records (the
+            unrolled backward runs the eager step). Its sums are accumulated in float64, so
+            its iterates agree with the default's to rounding, not bit for bit. Measured by
+            ``deqkit solve-bench --native``. Default ``False``.
     """
 
     m: int = 5
@@ -143,6 +155,7 @@ class Anderson(Solver):
     lam: float = 1e-8
     safeguard: float = 10.0
     max_weight: float = 1e6
+    native: bool = False
     name = "anderson"
 
     def __post_init__(self):
@@ -155,10 +168,20 @@ class Anderson(Solver):
             safeguard=real("safeguard", self.safeguard, 1.0, low_open=True, finite=False, of=of),
             max_weight=real("max_weight", self.max_weight, 0, low_open=True, finite=False, of=of),
         )
+        if not isinstance(self.native, bool):
+            raise TypeError(f"{of}: native must be True or False, got {self.native!r}")
 
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> _History:
         B, n = p.z.shape
         m, dev = self.m, p.z.device
+        native = None
+        if self.native:
+            if dev.type != "cpu" or p.z.dtype not in (torch.float32, torch.float64):
+                raise ValueError(
+                    f"{self.name}: native=True runs on the CPU with a float32 or float64 "
+                    f"state, got device {dev.type} and state dtype {p.z.dtype}"
+                )
+            native = _native.load()
         c = _constants(m, self.lam, dev)
         D, dG = p.z.new_zeros(B, m, n), p.z.new_zeros(B, m, n)
         A = c.empty.expand(B, m, m).clone()
@@ -184,6 +207,7 @@ class Anderson(Solver):
             weights_row=weights.view(B, 1, m),
             pairs=(p.z.new_empty(B, 2, n), p.z.new_empty(B, 2, n)),
             safeguard=torch.tensor(self.safeguard, dtype=p.z.dtype, device=dev),
+            native=native,
         )
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, h: _History):
@@ -193,6 +217,10 @@ class Anderson(Solver):
         # that select everything.
         uniform = h.accepted is None
         if uniform and h.steps:
+            if h.native is not None and h.A is h.A0 and not torch.is_grad_enabled():
+                done = self._step_native(ev, p, active, h)
+                if done is not None:
+                    return done
             return self._step_uniform(ev, p, active, h)
         m = self.m
         if uniform:
@@ -286,6 +314,47 @@ class Anderson(Solver):
         count = accepted.clamp(max=self.m)
         accept = active & (ok | (count == 0))
         reset = failed | (active & ~accept)
+        return q, accept, self._record(ev, p, q, h, accepted, count, accept, reset)
+
+    def _step_native(self, ev: Evaluator, p: Point, active: Tensor, h: _History):
+        """The uniform step with its bookkeeping in the C++ extension (``native=True``).
+
+        One call per step: after evaluating the proposal it records the differences and
+        makes the next proposal (kept for the next step, which uses it where its point is
+        the one it was made for). ``None`` where the extension declines before evaluating
+        ``f`` (a sample's factorisation or weights fail their checks, or a state tensor is
+        not contiguous): the eager uniform step then takes it from the same state. Where a
+        sample fails the safeguard the extension writes nothing and the step continues on
+        the per-sample path, as the eager step does."""
+        prop, made_for = h.proposal, h.proposal_for
+        h.proposal = h.proposal_for = None
+        if not (p.z.is_contiguous() and p.g.is_contiguous() and p.fz.is_contiguous()):
+            return None
+        gamma = h.weights.view(-1, self.m)
+        if made_for is not p.z:
+            prop = torch.empty_like(p.z)  # a new tensor: the loop may hold p.z as its best
+            if not h.native.propose(
+                h.A, h.gram, h.D, p.z, p.g, p.fz, self.beta, self.max_weight, gamma, prop
+            ):
+                return None
+        q = ev.point(ev.propose(active, prop, p.z))
+        if not q.fz.is_contiguous():
+            q = q._replace(fz=q.fz.contiguous())
+        after = torch.empty_like(q.z)
+        status = h.native.advance(
+            p.g, p.fz, q.z, q.g, q.fz, p.gnorm, q.gnorm, self.safeguard, h.dG, h.D, h.A,
+            h.gram, h.steps % self.m, self.lam, _TINY, self.beta, self.max_weight, gamma, after,
+        )  # fmt: skip
+        if status != 1:  # recorded, every sample accepted
+            h.steps += 1
+            if status == 0:
+                h.proposal, h.proposal_for = after, q.z
+            return q, None, h
+        ok = torch.le(q.gnorm, torch.mul(p.gnorm, h.safeguard))
+        accepted = torch.full_like(h.rows, h.steps)
+        count = accepted.clamp(max=self.m)
+        accept = active & (ok | (count == 0))
+        reset = active & ~accept
         return q, accept, self._record(ev, p, q, h, accepted, count, accept, reset)
 
     def _differences(self, p: Point, q: Point) -> tuple[Tensor, Tensor]:
