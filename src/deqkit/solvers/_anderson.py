@@ -142,12 +142,14 @@ class Anderson(Solver):
             non-normal maps, whose residual may legitimately grow by ``||M||`` per step.
         max_weight: Largest accepted ``||gamma||``. Default ``1e6``.
         native: Run the uniform path's bookkeeping (everything of a step but ``f`` and the
-            residual norms) as two calls into a C++ extension, compiled on first use (it
-            needs a C++ compiler and ``ninja``; ``RuntimeError`` says so where it cannot be
-            built). CPU only, float32 or float64 state, not while autograd records (the
-            unrolled backward runs the eager step). Its sums are accumulated in float64, so
-            its iterates agree with the default's to rounding, not bit for bit. Measured by
-            ``deqkit solve-bench --native``. Default ``False``.
+            residual norms) as one call per step into a C++ extension, compiled on first
+            use (it needs a C++ compiler and ``ninja``; ``RuntimeError`` says so where it
+            cannot be built). CPU only, float32 or float64 state, not while autograd
+            records (the unrolled backward runs the eager step); a step that rejects or
+            resets a sample runs the per-sample path as before. Its sums run in another
+            order and its ``m x m`` solve is not LAPACK's, so its iterates agree with the
+            default's to rounding, not bit for bit. Measured by ``deqkit solve-bench
+            --native``. Default ``False``.
     """
 
     m: int = 5

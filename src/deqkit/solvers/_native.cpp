@@ -17,9 +17,9 @@
 //
 // Where any sample fails the safeguard, advance writes nothing (and propose writes nothing
 // where any sample fails a check), so the caller takes its per-sample path for that step
-// with the state untouched. Sums are accumulated
-// in double; the eager path's float32 products round differently, so iterates agree to
-// rounding, not bit for bit.
+// with the state untouched. Dot products are summed in the state dtype, as the eager step's
+// batched products are, but in another order, and the m x m solve is not LAPACK's, so the
+// iterates agree with the eager step's to rounding, not bit for bit.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -119,12 +119,11 @@ void record_one(const T* g0, const T* f0, const T* g1, const T* f1, T* dG, T* D,
   }
   for (int64_t j = 0; j < m; ++j) {
     const T* __restrict__ col = dG + j * n;
-    double s = 0.0, t = 0.0;
+    T s = 0, t = 0;  // in the state dtype, as the eager step's batched product
 #pragma omp simd reduction(+ : s, t)
     for (int64_t i = 0; i < n; ++i) {
-      const double c = static_cast<double>(col[i]);
-      s += c * static_cast<double>(dgk[i]);
-      t += c * static_cast<double>(g1[i]);
+      s += col[i] * dgk[i];
+      t += col[i] * g1[i];
     }
     gram[j] = s;
     gram[m + j] = t;
