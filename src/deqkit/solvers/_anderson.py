@@ -312,6 +312,12 @@ class Anderson(Solver):
             if bool(ok.all()):
                 return q, None, self._record_all(p, q, h, pair)
             failed = torch.zeros_like(active)
+        return self._leave_uniform(ev, p, q, h, active, ok, failed)
+
+    def _leave_uniform(self, ev, p, q, h, active, ok, failed):
+        """The end of a uniform step where a sample failed (``failed``, ``[B]``) or was
+        rejected by the safeguard (``~ok``): every sample had ``h.steps`` differences, and
+        from here on each keeps its own count (the per-sample path)."""
         accepted = torch.full_like(h.rows, h.steps).masked_fill(failed, 0)
         count = accepted.clamp(max=self.m)
         accept = active & (ok | (count == 0))
@@ -353,11 +359,7 @@ class Anderson(Solver):
                 h.proposal, h.proposal_for = after, q.z
             return q, None, h
         ok = torch.le(q.gnorm, torch.mul(p.gnorm, h.safeguard))
-        accepted = torch.full_like(h.rows, h.steps)
-        count = accepted.clamp(max=self.m)
-        accept = active & (ok | (count == 0))
-        reset = active & ~accept
-        return q, accept, self._record(ev, p, q, h, accepted, count, accept, reset)
+        return self._leave_uniform(ev, p, q, h, active, ok, torch.zeros_like(active))
 
     def _differences(self, p: Point, q: Point) -> tuple[Tensor, Tensor]:
         """``(dZ + beta dG, dG)`` between the current and the proposed point."""

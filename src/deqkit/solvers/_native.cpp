@@ -1,4 +1,4 @@
-// Anderson's bookkeeping on the CPU in two passes per step: deqkit.solvers.Anderson(native=True).
+// Anderson's bookkeeping on the CPU in one call per step: deqkit.solvers.Anderson(native=True).
 //
 // The eager step of _anderson.py is about 30 small torch operations; at batch 64 x width 256
 // each costs about as much as a tenth of one evaluation of a tanh layer, and at 128 x 1024
@@ -57,11 +57,13 @@ bool spd_solve(const double* a, const double* rhs, int64_t m, double* l, double*
   return true;
 }
 
-void check(const torch::Tensor& t, const char* name, torch::ScalarType dtype, int64_t dim) {
+// Every tensor is read through raw pointers: its device, dtype, sizes and layout are checked.
+void check(const torch::Tensor& t, const char* name, torch::ScalarType dtype,
+           c10::IntArrayRef sizes) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
   TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), ", expected ",
               dtype);
-  TORCH_CHECK(t.dim() == dim, name, " must be ", dim, "-D, got ", t.dim(), "-D");
+  TORCH_CHECK(t.sizes() == sizes, name, " has shape ", t.sizes(), ", expected ", sizes);
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
@@ -205,11 +207,14 @@ int64_t advance_impl(const torch::Tensor& pg, const torch::Tensor& pfz, const to
 bool propose(torch::Tensor A, torch::Tensor gram, torch::Tensor D, torch::Tensor z,
              torch::Tensor g, torch::Tensor fz, double beta, double max_weight,
              torch::Tensor gamma, torch::Tensor prop) {
+  TORCH_CHECK(D.dim() == 3, "D must be [B, m, n], got ", D.sizes());
   const auto dt = D.scalar_type();
-  check(A, "A", torch::kDouble, 3);
-  check(gram, "gram", torch::kDouble, 3);
-  check(D, "D", dt, 3);
-  for (auto* t : {&z, &g, &fz, &prop, &gamma}) check(*t, "a [B, n] state tensor", dt, 2);
+  const int64_t B = D.size(0), m = D.size(1), n = D.size(2);
+  check(A, "A", torch::kDouble, {B, m, m});
+  check(gram, "gram", torch::kDouble, {B, 2, m});
+  check(D, "D", dt, {B, m, n});
+  check(gamma, "gamma", dt, {B, m});
+  for (auto* t : {&z, &g, &fz, &prop}) check(*t, "a [B, n] state tensor", dt, {B, n});
   if (dt == torch::kFloat)
     return propose_impl<float>(A, gram, D, z, g, fz, beta, max_weight, gamma, prop);
   TORCH_CHECK(dt == torch::kDouble, "native Anderson needs float32 or float64, got ", dt);
@@ -221,16 +226,18 @@ int64_t advance(torch::Tensor pg, torch::Tensor pfz, torch::Tensor qz, torch::Te
                 torch::Tensor dG, torch::Tensor D, torch::Tensor A, torch::Tensor gram, int64_t k,
                 double lam, double tiny, double beta, double max_weight, torch::Tensor gamma,
                 torch::Tensor prop) {
+  TORCH_CHECK(D.dim() == 3, "D must be [B, m, n], got ", D.sizes());
   const auto dt = D.scalar_type();
-  check(A, "A", torch::kDouble, 3);
-  check(gram, "gram", torch::kDouble, 3);
-  check(D, "D", dt, 3);
-  check(dG, "dG", dt, 3);
-  for (auto* t : {&pg, &pfz, &qz, &qg, &qfz, &prop, &gamma})
-    check(*t, "a [B, n] state tensor", dt, 2);
-  check(pgnorm, "pgnorm", dt, 1);
-  check(qgnorm, "qgnorm", dt, 1);
-  TORCH_CHECK(0 <= k && k < D.size(1), "column k out of range");
+  const int64_t B = D.size(0), m = D.size(1), n = D.size(2);
+  check(A, "A", torch::kDouble, {B, m, m});
+  check(gram, "gram", torch::kDouble, {B, 2, m});
+  check(D, "D", dt, {B, m, n});
+  check(dG, "dG", dt, {B, m, n});
+  check(gamma, "gamma", dt, {B, m});
+  for (auto* t : {&pg, &pfz, &qz, &qg, &qfz, &prop}) check(*t, "a [B, n] state tensor", dt, {B, n});
+  check(pgnorm, "pgnorm", dt, {B});
+  check(qgnorm, "qgnorm", dt, {B});
+  TORCH_CHECK(0 <= k && k < m, "column k out of range");
   if (dt == torch::kFloat)
     return advance_impl<float>(pg, pfz, qz, qg, qfz, pgnorm, qgnorm, safeguard, dG, D, A, gram,
                                k, lam, tiny, beta, max_weight, gamma, prop);
