@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,9 +42,6 @@ class _History:
     pairs: tuple  # two [B, 2, n] buffers, used in turn: (dg, g) of a step, so that the Gram
     # product reads both from one tensor (g is written there by the evaluation)
     safeguard: Tensor  # 0-dim, Anderson.safeguard in the state dtype
-    native: Any  # the compiled extension (Anderson.native) or None
-    proposal: Tensor | None = None  # native: the next proposal, made by the last step ...
-    proposal_for: Tensor | None = None  # ... for the point whose z is this tensor
 
 
 class _Constants:
@@ -141,15 +137,21 @@ class Anderson(Solver):
             rejected, > 1 (``inf`` disables). Default ``10.0``; a factor of 2 stalls on
             non-normal maps, whose residual may legitimately grow by ``||M||`` per step.
         max_weight: Largest accepted ``||gamma||``. Default ``1e6``.
-        native: Run the uniform path's bookkeeping (everything of a step but ``f`` and the
-            residual norms) as one call per step into a C++ extension, compiled on first
-            use (it needs a C++ compiler and ``ninja``; ``RuntimeError`` says so where it
-            cannot be built). CPU only, float32 or float64 state, not while autograd
-            records (the unrolled backward runs the eager step); a step that rejects or
-            resets a sample runs the per-sample path as before. Its sums run in another
-            order and its ``m x m`` solve is not LAPACK's, so its iterates agree with the
-            default's to rounding, not bit for bit. Measured by ``deqkit solve-bench
-            --native``. Default ``False``.
+        native: Run the whole solve in a C++ extension, one call per evaluation of ``f``
+            (:meth:`fused`): the loop's bookkeeping (residuals, per-sample stopping, the best
+            iterate, counts) and the step's (safeguard, history, Gram update, the ``m x m``
+            solve, the extrapolation) done sample by sample while its rows are in cache.
+            Compiled on first use (about 40 s; it needs a C++ compiler and ``ninja``,
+            ``RuntimeError`` says so where it cannot be built). CPU only, float32 or float64
+            state. Where the solve records a trace or iterates, calls ``on_step``, or runs
+            under autograd (the unrolled backward), the eager steps run instead. ``f``
+            receives one of two buffers the extension reuses (each is rewritten two
+            evaluations later): an ``f`` that keeps its input must copy it. Same
+            semantics as the default (statuses, per-sample counts), but its sums run in
+            another order and its ``m x m`` solve is not LAPACK's, so its iterates agree
+            with the default's to rounding, not bit for bit; every trained number in the
+            docs was made with the default. Measured by ``deqkit solve-bench --native``.
+            Default ``False``.
     """
 
     m: int = 5
@@ -176,14 +178,8 @@ class Anderson(Solver):
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> _History:
         B, n = p.z.shape
         m, dev = self.m, p.z.device
-        native = None
         if self.native:
-            if dev.type != "cpu" or p.z.dtype not in (torch.float32, torch.float64):
-                raise ValueError(
-                    f"{self.name}: native=True runs on the CPU with a float32 or float64 "
-                    f"state, got device {dev.type} and state dtype {p.z.dtype}"
-                )
-            native = _native.load()
+            self._check_native(p.z)
         c = _constants(m, self.lam, dev)
         D, dG = p.z.new_zeros(B, m, n), p.z.new_zeros(B, m, n)
         A = c.empty.expand(B, m, m).clone()
@@ -209,8 +205,34 @@ class Anderson(Solver):
             weights_row=weights.view(B, 1, m),
             pairs=(p.z.new_empty(B, 2, n), p.z.new_empty(B, 2, n)),
             safeguard=torch.tensor(self.safeguard, dtype=p.z.dtype, device=dev),
-            native=native,
         )
+
+    def _check_native(self, z: Tensor) -> None:
+        if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"{self.name}: native=True runs on the CPU with a float32 or float64 state, "
+                f"got device {z.device.type} and state dtype {z.dtype}"
+            )
+
+    def fused(self, ev: Evaluator, p: Point, active: Tensor, failed: Tensor, tol: float):
+        """The whole solve in the C++ extension (``native=True``); ``None`` otherwise.
+
+        One call per evaluation of ``f``: ``f`` runs here, in Python, on the extension's
+        proposal buffer, and the call after it does everything up to the next proposal
+        (see ``_native.cpp``). Returns ``(best_z, best_res, nfev, failed)``.
+        """
+        if not self.native:
+            return None
+        self._check_native(p.z)
+        loop = _native.load().start(
+            p.z.contiguous(), p.fz.contiguous(), p.g.contiguous(), p.gnorm.contiguous(),
+            p.res.contiguous(), active, failed, self.m, self.beta, self.lam, _TINY,
+            self.safeguard, self.max_weight, tol, ev.relative, ev.eps, ev.max_iter,
+        )  # fmt: skip
+        running = loop.running()
+        while running:
+            running = loop.advance(ev.evaluate(loop.proposal()).contiguous())
+        return tuple(loop.result())
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, h: _History):
         # The uniform path (h.accepted is None) runs only where host checks are free, and
@@ -219,10 +241,6 @@ class Anderson(Solver):
         # that select everything.
         uniform = h.accepted is None
         if uniform and h.steps:
-            if h.native is not None and h.A is h.A0 and not torch.is_grad_enabled():
-                done = self._step_native(ev, p, active, h)
-                if done is not None:
-                    return done
             return self._step_uniform(ev, p, active, h)
         m = self.m
         if uniform:
@@ -323,43 +341,6 @@ class Anderson(Solver):
         accept = active & (ok | (count == 0))
         reset = failed | (active & ~accept)
         return q, accept, self._record(ev, p, q, h, accepted, count, accept, reset)
-
-    def _step_native(self, ev: Evaluator, p: Point, active: Tensor, h: _History):
-        """The uniform step with its bookkeeping in the C++ extension (``native=True``).
-
-        One call per step: after evaluating the proposal it records the differences and
-        makes the next proposal (kept for the next step, which uses it where its point is
-        the one it was made for). ``None`` where the extension declines before evaluating
-        ``f`` (a sample's factorisation or weights fail their checks, or a state tensor is
-        not contiguous): the eager uniform step then takes it from the same state. Where a
-        sample fails the safeguard the extension writes nothing and the step continues on
-        the per-sample path, as the eager step does."""
-        prop, made_for = h.proposal, h.proposal_for
-        h.proposal = h.proposal_for = None
-        if not (p.z.is_contiguous() and p.g.is_contiguous() and p.fz.is_contiguous()):
-            return None
-        gamma = h.weights.view(-1, self.m)
-        if made_for is not p.z:
-            prop = torch.empty_like(p.z)  # a new tensor: the loop may hold p.z as its best
-            if not h.native.propose(
-                h.A, h.gram, h.D, p.z, p.g, p.fz, self.beta, self.max_weight, gamma, prop
-            ):
-                return None
-        q = ev.point(ev.propose(active, prop, p.z))
-        if not q.fz.is_contiguous():
-            q = q._replace(fz=q.fz.contiguous())
-        after = torch.empty_like(q.z)
-        status = h.native.advance(
-            p.g, p.fz, q.z, q.g, q.fz, p.gnorm, q.gnorm, self.safeguard, h.dG, h.D, h.A,
-            h.gram, h.steps % self.m, self.lam, _TINY, self.beta, self.max_weight, gamma, after,
-        )  # fmt: skip
-        if status != 1:  # recorded, every sample accepted
-            h.steps += 1
-            if status == 0:
-                h.proposal, h.proposal_for = after, q.z
-            return q, None, h
-        ok = torch.le(q.gnorm, torch.mul(p.gnorm, h.safeguard))
-        return self._leave_uniform(ev, p, q, h, active, ok, torch.zeros_like(active))
 
     def _differences(self, p: Point, q: Point) -> tuple[Tensor, Tensor]:
         """``(dZ + beta dG, dG)`` between the current and the proposed point."""

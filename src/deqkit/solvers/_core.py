@@ -240,6 +240,24 @@ class Evaluator:
         out = out if self._flat else out.reshape(self.batch, -1)
         return out if out.dtype == self.dtype else out.to(self.dtype)
 
+    @property
+    def relative(self) -> bool:
+        """Whether :attr:`Point.res` is the relative residual (``stop="rel"``)."""
+        return self._rel
+
+    @property
+    def eps(self) -> float:
+        """The ``eps`` of the relative residual ``||g|| / (||f(z)|| + eps)``:
+        ``sqrt(tiny)`` of the state dtype."""
+        return self._eps
+
+    def evaluate(self, z: Tensor) -> Tensor:
+        """``f`` at flat ``z`` (``[B, n]``), checked and flattened to ``[B, n]`` in the state
+        dtype, charged to no sample: for a solver's fused loop (:meth:`Solver.fused`), which
+        counts evaluations itself."""
+        z_in = z if self._flat else z.view(self.shape)
+        return self._check(self._f(z_in if z.dtype == self.in_dtype else z_in.to(self.in_dtype)))
+
     def _finish(self, z: Tensor, fz: Tensor, g_out: Tensor | None = None) -> Point:
         g = fz - z if g_out is None else torch.sub(fz, z, out=g_out)
         gnorm = torch.linalg.vector_norm(g, dim=1)
@@ -271,8 +289,7 @@ class Evaluator:
         vector (the point's ``g`` is then that tensor), for solvers that keep it in a buffer;
         not while autograd records.
         """
-        z_in = z if self._flat else z.view(self.shape)
-        fz = self._check(self._f(z_in if z.dtype == self.in_dtype else z_in.to(self.in_dtype)))
+        fz = self.evaluate(z)
         self._charge(charge)
         return self._finish(z, fz, g_out)
 
@@ -337,6 +354,30 @@ class Solver:
         """Return the solver state for the starting point ``p`` (default: no state).
 
         ``ev.max_iter`` is the evaluation budget, so buffers can be sized to what it can use.
+        """
+        return None
+
+    def fused(
+        self, ev: Evaluator, p: Point, active: Tensor, failed: Tensor, tol: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """A whole solve with the shared loop's semantics, for solvers that have a faster one
+        (``Anderson(native=True)``: one native call per evaluation); ``None`` (the default)
+        runs the shared loop with :meth:`init` and :meth:`step`.
+
+        The loop offers it only where nothing is asked of the steps in between: no trace,
+        no iterates, no ``on_step``, autograd off, host checks free (the CPU).
+
+        Args:
+            ev: The evaluator (:meth:`Evaluator.evaluate` evaluates ``f`` without counting).
+            p: The evaluated starting point (counted: every sample has used 1 evaluation).
+            active: ``[B]`` bool, the samples to run.
+            failed: ``[B]`` bool, the samples whose first evaluation was non-finite.
+            tol: The tolerance, under the criterion of ``ev.relative``.
+
+        Returns:
+            ``(best_z [B, n], best_res [B], nfev [B] long, failed [B] bool)``, per sample its
+            lowest-residual iterate, that residual, its evaluations and whether an accepted
+            point was non-finite, or ``None``.
         """
         return None
 

@@ -239,6 +239,13 @@ def run(
     iterates = [p.z] if record_iterates else None
     if on_step is not None:
         on_step(0, p.z, p.res, best_z, best_res)
+    elif free and trace is None and iterates is None and not torch.is_grad_enabled():
+        fused = solver.fused(ev, p, active, failed, tol)
+        if fused is not None:
+            best_z, best_res, nfev, failed = fused
+            return _result(
+                z0, solver, best_z, best_res, nfev, failed, None, None, stop, tol, max_iter
+            )
     state = solver.init(ev, p, active)
     # "Is any sample still running?" is asked before every step, on every device, so that f
     # never runs once every sample has stopped. On an accelerator that is one host
@@ -318,25 +325,38 @@ def run(
             all_active = bool(still.all())
         active = still
         ev.set_active(active, all_active)
+    if best_z is start:  # no sample improved on z0: never hand back (a view of) z0 itself
+        best_z = best_z.clone()
+    return _result(
+        z0,
+        solver,
+        best_z,
+        best_res,
+        ev.nfev,
+        failed,
+        torch.stack(trace) if trace is not None else None,
+        torch.stack(iterates).view(-1, *z0.shape).to(z0.dtype) if iterates is not None else None,
+        stop,
+        tol,
+        max_iter,
+    )
+
+
+def _result(z0, solver, best_z, best_res, nfev, failed, trace, iterates, stop, tol, max_iter):
     converged = best_res <= tol
     status = torch.where(
         converged,
         int(Status.CONVERGED),
         torch.where(failed, int(Status.NONFINITE), int(Status.MAX_ITER)),
     )
-    z = best_z.view(z0.shape).to(z0.dtype)
-    if best_z is start:  # no sample improved on z0: never hand back (a view of) z0 itself
-        z = z.clone()
     return SolveResult(
-        z=z,
+        z=best_z.view(z0.shape).to(z0.dtype),
         converged=converged,
-        iterations=ev.nfev,
+        iterations=nfev,
         residual=best_res,
         status=status,
-        trace=torch.stack(trace) if trace is not None else None,
-        iterates=(
-            torch.stack(iterates).view(-1, *z0.shape).to(z0.dtype) if iterates is not None else None
-        ),
+        trace=trace,
+        iterates=iterates,
         method=solver.name,
         stop=stop,
         tol=tol,

@@ -1,4 +1,4 @@
-"""The optional native bookkeeping of :class:`~deqkit.solvers.Anderson` (``native=True``).
+"""The optional native solve of :class:`~deqkit.solvers.Anderson` (``native=True``).
 
 ``_native.cpp`` beside this file, compiled on first use by
 :func:`torch.utils.cpp_extension.load` (a C++ compiler and ``ninja`` are needed then; the
