@@ -48,31 +48,32 @@ struct Options {
   int64_t max_iter;
 };
 
-// Cholesky solve of the leading k x k block of the m x m SPD matrix a, in double.
-// False where the factorisation fails.
+// Cholesky solve of the leading k x k block of the m x m SPD matrix a, in double, with
+// l (m x m) and inv (m) as scratch. False where the factorisation fails. The reciprocals of the diagonal are kept, so that
+// the two triangular solves multiply instead of dividing (a division's latency, chained,
+// was most of this function's time at m = 5).
 bool spd_solve(const double* a, const double* rhs, int64_t k, int64_t m, double* l,
-               double* out) {
+               double* inv, double* out) {
   for (int64_t j = 0; j < k; ++j) {
     double s = a[j * m + j];
     for (int64_t p = 0; p < j; ++p) s -= l[j * m + p] * l[j * m + p];
     if (!(s > 0.0) || !std::isfinite(s)) return false;
-    const double d = std::sqrt(s), inv = 1.0 / d;
-    l[j * m + j] = d;
+    inv[j] = 1.0 / std::sqrt(s);
     for (int64_t i = j + 1; i < k; ++i) {
       double t = a[i * m + j];
       for (int64_t p = 0; p < j; ++p) t -= l[i * m + p] * l[j * m + p];
-      l[i * m + j] = t * inv;
+      l[i * m + j] = t * inv[j];
     }
   }
   for (int64_t i = 0; i < k; ++i) {  // L y = rhs
     double t = rhs[i];
     for (int64_t p = 0; p < i; ++p) t -= l[i * m + p] * out[p];
-    out[i] = t / l[i * m + i];
+    out[i] = t * inv[i];
   }
   for (int64_t i = k - 1; i >= 0; --i) {  // L^T x = y
     double t = out[i];
     for (int64_t p = i + 1; p < k; ++p) t -= l[p * m + i] * out[p];
-    out[i] = t / l[i * m + i];
+    out[i] = t * inv[i];
   }
   return true;
 }
@@ -130,6 +131,20 @@ class LoopT final : public Loop {
     best_res_ = res.clone();
     nfev_ = torch::ones({B_}, torch::kLong);
     failed_ = failed.clone();
+    // Raw pointers, taken once: the buffers are never reallocated, and a data_ptr call
+    // per sample and step cost more than the sample's arithmetic at 64 x 256.
+    zp_[0] = Z_[0].data_ptr<T>();
+    zp_[1] = Z_[1].data_ptr<T>();
+    gp_[0] = G_[0].data_ptr<T>();
+    gp_[1] = G_[1].data_ptr<T>();
+    best_ = best_z_.data_ptr<T>();
+    dp_ = D_.data_ptr<T>();
+    dgp_ = dG_.data_ptr<T>();
+    gn_ = gnorm_.data_ptr<T>();
+    rs_ = res_.data_ptr<T>();
+    br_ = best_res_.data_ptr<T>();
+    nf_ = nfev_.data_ptr<int64_t>();
+    fl_ = failed_.data_ptr<bool>();
     A_.assign(B_ * m * m, 0.0);
     rhs_.assign(B_ * m, 0.0);
     accepted_.assign(B_, 0);
@@ -154,10 +169,9 @@ class LoopT final : public Loop {
     check(fz, "f(z)", Z_[0].scalar_type(), {B_, n_});
     const int nw = 1 - cur_, od = cur_;
     const T* f1 = fz.data_ptr<T>();
-    T *znew = Z_[nw].data_ptr<T>(), *zold = Z_[od].data_ptr<T>();
-    T *gnew = G_[nw].data_ptr<T>(), *gold = G_[od].data_ptr<T>();
+    T *znew = zp_[nw], *zold = zp_[od], *gnew = gp_[nw], *gold = gp_[od];
     at::parallel_for(0, B_, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<double> l(o_.m * o_.m), w(o_.m);
+      std::vector<double> l(o_.m * o_.m + o_.m), w(o_.m);
       for (int64_t b = lo; b < hi; ++b) {
         if (!active_[b]) continue;
         const int64_t x = b * n_;
@@ -171,11 +185,10 @@ class LoopT final : public Loop {
   }
 
   std::vector<torch::Tensor> result() override {
-    const T* zc = Z_[cur_].data_ptr<T>();
-    T* best = best_z_.data_ptr<T>();
+    const T* zc = zp_[cur_];
     for (int64_t b = 0; b < B_; ++b)
       if (best_cur_[b]) {
-        std::copy(zc + b * n_, zc + (b + 1) * n_, best + b * n_);
+        std::copy(zc + b * n_, zc + (b + 1) * n_, best_ + b * n_);
         best_cur_[b] = 0;
       }
     return {best_z_, best_res_, nfev_, failed_};
@@ -199,15 +212,13 @@ class LoopT final : public Loop {
   void step(int64_t b, T* __restrict__ z1, T* __restrict__ z0, T* __restrict__ g1,
             T* __restrict__ g0, const T* __restrict__ f1, double* l, double* w) {
     const int64_t m = o_.m, n = n_;
-    T* gn = gnorm_.data_ptr<T>();
-    T* rs = res_.data_ptr<T>();
-    T* br = best_res_.data_ptr<T>();
-    int64_t* nf = nfev_.data_ptr<int64_t>();
+    T *gn = gn_, *rs = rs_, *br = br_;
+    int64_t* nf = nf_;
     nf[b] += 1;
     const int64_t have = accepted_[b];
     const int64_t slot = have % m;
-    T* __restrict__ dgk = dG_.data_ptr<T>() + (b * m + slot) * n;
-    T* __restrict__ dk = D_.data_ptr<T>() + (b * m + slot) * n;
+    T* __restrict__ dgk = dgp_ + (b * m + slot) * n;
+    T* __restrict__ dk = dp_ + (b * m + slot) * n;
     const T bt = static_cast<T>(o_.beta);
     // 1. The evaluated point, and its differences written ahead into the next ring column:
     // where the proposal is rejected the history is cleared, so that column is never read.
@@ -240,7 +251,7 @@ class LoopT final : public Loop {
     }
     // 3. An accepted non-finite point fails the sample, which stays where it was.
     if (!std::isfinite(static_cast<double>(gnorm))) {
-      failed_.data_ptr<bool>()[b] = true;
+      fl_[b] = true;
       active_[b] = 0;
       std::copy(z0, z0 + n, z1);
       return;
@@ -249,7 +260,7 @@ class LoopT final : public Loop {
     const int64_t valid = std::min(have + 1, m);
     double* a = A_.data() + b * m * m;
     double* rhs = rhs_.data() + b * m;
-    const T* ring = dG_.data_ptr<T>() + b * m * n;
+    const T* ring = dgp_ + b * m * n;
     for (int64_t j = 0; j < valid; ++j) {
       const T* __restrict__ col = ring + j * n;
       T s = 0, t = 0;  // in the state dtype, as the eager step's batched product
@@ -269,8 +280,7 @@ class LoopT final : public Loop {
       br[b] = res;
       if (!best_cur_[b]) best_cur_[b] = 1;
     } else if (best_cur_[b]) {
-      T* best = best_z_.data_ptr<T>() + b * n;
-      std::copy(z0, z0 + n, best);
+      std::copy(z0, z0 + n, best_ + b * n);
       best_cur_[b] = 0;
     }
     gn[b] = gnorm;
@@ -283,7 +293,7 @@ class LoopT final : public Loop {
     }
     // 7. The next proposal into z0's row.
     const int64_t k = accepted_[b] < m ? accepted_[b] : m;
-    bool ok = spd_solve(a, rhs, k, m, l, w);
+    bool ok = spd_solve(a, rhs, k, m, l, l + m * m, w);
     if (ok) {
       double norm = 0.0;
       for (int64_t j = 0; j < k; ++j) norm += w[j] * w[j];
@@ -295,7 +305,7 @@ class LoopT final : public Loop {
       plain(z1, g1, f1, z0);
       return;
     }
-    const T* dring = D_.data_ptr<T>() + b * m * n;
+    const T* dring = dp_ + b * m * n;
     plain(z1, g1, f1, z0);
     for (int64_t j = 0; j < k; ++j) {
       const T* __restrict__ dj = dring + j * n;
@@ -311,6 +321,9 @@ class LoopT final : public Loop {
   std::vector<double> A_, rhs_;
   std::vector<int64_t> accepted_;
   std::vector<uint8_t> active_, best_cur_;
+  T *zp_[2], *gp_[2], *best_, *dp_, *dgp_, *gn_, *rs_, *br_;
+  int64_t* nf_;
+  bool* fl_;
 };
 
 std::shared_ptr<Loop> start(torch::Tensor z, torch::Tensor fz, torch::Tensor g,
