@@ -121,6 +121,84 @@ def test_native_float32_converges_like_the_eager_solve():
         assert (native.iterations - eager.iterations).abs().max() <= 2
 
 
+def residual_at(p, z):
+    """The stopping criterion of ``p`` at ``z``, recomputed from ``f``."""
+    fz = p.f(z)
+    g = torch.linalg.vector_norm((fz - z).flatten(1), dim=1)
+    if p.stop == "abs":
+        return g
+    eps = torch.finfo(z.dtype).tiny ** 0.5
+    return g / (torch.linalg.vector_norm(fz.flatten(1), dim=1) + eps)
+
+
+@pytest.mark.parametrize(("history", "dtype"), [("bfloat16", torch.bfloat16),
+                                                ("float32", torch.float32)])  # fmt: skip
+@pytest.mark.parametrize("beta", [1.0, 0.7])
+def test_a_narrow_history_stores_each_difference_rounded_once(history, dtype, beta):
+    """history_dtype: the rings hold dG = g_1 - g_0 and D = dZ + beta dG computed in the
+    state's precision and rounded once (to nearest even, as torch rounds; whether the
+    compiler fuses a multiply-add moves the double value by an ulp, far below the rounding)."""
+    ext = _native.load()
+    gen = torch.Generator().manual_seed(0)
+    B, n = 3, 37
+    M = torch.randn(n, n, generator=gen, dtype=torch.float64) * 0.3
+    x = torch.randn(B, n, generator=gen, dtype=torch.float64)
+
+    def f(z):
+        return torch.tanh(z @ M.T + x)
+
+    z0 = torch.randn(B, n, generator=gen, dtype=torch.float64)
+    fz0 = f(z0)
+    g0 = fz0 - z0
+    gnorm = torch.linalg.vector_norm(g0, dim=1)
+    on, off = torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+    loop = ext.start(z0, fz0, g0, gnorm, gnorm, on, off, 5, beta, 1e-8, 1e-300, 10.0, 1e6,
+                     1e-14, False, 1e-150, 10, history)  # fmt: skip
+    z1 = loop.proposal().clone()
+    torch.testing.assert_close(z1, z0 + beta * g0, rtol=1e-14, atol=1e-15)  # FMA may round
+    fz1 = f(z1)
+    assert loop.advance(fz1) == B
+    D, dG = loop.history()
+    assert D.dtype == dG.dtype == dtype and D.shape == dG.shape == (B, 5, n)
+    dg = (fz1 - z1) - g0
+    assert torch.equal(dG[:, 0], dg.to(dtype))
+    assert torch.equal(D[:, 0], ((z1 - z0) + beta * dg).to(dtype))
+    assert not torch.equal(dG[:, 0].double(), dg)  # the rounding is real
+
+
+@pytest.mark.parametrize("history", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", zoo.all_problems(), ids=lambda p: p.name)
+def test_a_narrow_history_changes_proposals_never_residuals(p, history):
+    """Whatever the history's dtype, a sample's reported residual is its returned point's,
+    and 'converged' means it meets the tolerance there."""
+    kw = dict(tol=p.tol, stop=p.stop, max_iter=p.max_iter)
+    r = solve(p.f, p.z0, Anderson(native=True, history_dtype=history), **kw)
+    ok = torch.isfinite(r.residual)
+    assert bool(ok[r.converged].all())
+    torch.testing.assert_close(r.residual[ok], residual_at(p, r.z)[ok], rtol=1e-9, atol=0)
+    assert bool((r.residual[r.converged] <= p.tol).all())
+    if history == torch.float32:  # under a float64 state: 7 fewer digits, the same solves
+        full = solve(p.f, p.z0, Anderson(native=True), **kw)
+        assert torch.equal(r.status, full.status)
+        assert (r.iterations - full.iterations).abs().max() <= 2
+
+
+def test_a_bfloat16_history_solves_the_benchmark_problems_in_as_many_evaluations():
+    """float32 state, the solver benchmark's problems at width 256 (and 1024 at quick size):
+    with an 8-bit history every sample converges, within 5% (+1) of the full history's
+    evaluations."""
+    specs = [s for s in benchmark_problems() if s.width == 256]
+    for spec in [*specs, *benchmark_problems(quick=True)[4:]]:
+        p = build_tanh(spec)
+        full = solve(p.f, p.z0, Anderson(native=True), tol=1e-5, max_iter=300)
+        narrow = solve(p.f, p.z0, Anderson(native=True, history_dtype=torch.bfloat16),
+                       tol=1e-5, max_iter=300)  # fmt: skip
+        assert bool(full.converged.all()) and bool(narrow.converged.all()), spec.name
+        assert int(narrow.iterations.max()) <= 1.05 * int(full.iterations.max()) + 1, spec.name
+        total, batch = int(full.iterations.sum()), p.z0.shape[0]
+        assert int(narrow.iterations.sum()) <= 1.05 * total + batch, spec.name
+
+
 def test_the_native_loop_is_the_one_taken(monkeypatch):
     """With the solver's step disabled, a native solve still runs from start to end: it
     never needed it (and the eager solve, which does, fails)."""
@@ -229,7 +307,7 @@ def test_bad_native_arguments_are_named(monkeypatch):
     z = torch.zeros(2, 3, dtype=torch.float64)
     n = torch.zeros(2, dtype=torch.float64)
     on, off = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
-    args = (5, 1.0, 1e-8, 1e-300, 10.0, 1e6, 1e-5, True, 1e-150, 10)
+    args = (5, 1.0, 1e-8, 1e-300, 10.0, 1e6, 1e-5, True, 1e-150, 10, "state")
     loop = ext.start(z, z, z + 1, n + 1, n + 1, on, off, *args)
     with pytest.raises(RuntimeError, match=r"f\(z\) has shape \[2, 4\], expected \[2, 3\]"):
         loop.advance(torch.zeros(2, 4, dtype=torch.float64))
@@ -237,6 +315,15 @@ def test_bad_native_arguments_are_named(monkeypatch):
         loop.advance(torch.zeros(2, 3))
     with pytest.raises(RuntimeError, match="gnorm has shape"):
         ext.start(z, z, z, n[:1], n, on, off, *args)
+    with pytest.raises(RuntimeError, match="history must be 'state', 'bfloat16' or"):
+        ext.start(z.float(), z.float(), z.float(), n.float(), n.float(), on, off,
+                  *args[:-1], "float32")  # fmt: skip
+    with pytest.raises(ValueError, match="history_dtype must be None, torch.bfloat16"):
+        Anderson(native=True, history_dtype=torch.int8)
+    with pytest.raises(ValueError, match="history_dtype=torch.bfloat16 needs native=True"):
+        Anderson(history_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="history_dtype torch.float64 is wider than the state"):
+        solve(lambda z: z * 0.5, z.float(), Anderson(native=True, history_dtype=torch.float64))
     z0 = torch.zeros(2, 3, dtype=torch.float64)
     # A build that fails is reported once, with what it needs, and not retried.
     monkeypatch.setattr(_native, "_MODULE", None)
@@ -262,3 +349,13 @@ def test_the_solver_benchmark_runs_the_native_anderson():
         bench.BenchConfig(native="yes")
     with pytest.raises(ValueError, match="Invalid native: True with device 'cuda'"):
         bench.BenchConfig(native=True, device="cuda")
+    with pytest.raises(ValueError, match="Invalid history: 'bfloat16' without native"):
+        bench.BenchConfig(history="bfloat16")
+    with pytest.raises(ValueError, match="history"):
+        bench.BenchConfig(native=True, history="float16")
+    narrow = bench.BenchConfig(
+        problems=bench.default_problems(quick=True)[:1], repeats=1, include_torchdeq=False,
+        ours=("anderson",), native=True, history="bfloat16",
+    )  # fmt: skip
+    (row,) = bench.run_solver_benchmark(narrow)
+    assert row.solver == "anderson" and narrow.to_dict()["history"] == "bfloat16"

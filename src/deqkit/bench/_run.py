@@ -22,6 +22,9 @@ from ..testing import benchmark_problems as default_problems
 from ..testing import build_tanh as build_problem
 from ._timing import CLOCKS, calls_per_burst, clock, sync, time_f
 
+# BenchConfig.history -> Anderson(history_dtype=...)
+HISTORIES = {"state": None, "bfloat16": torch.bfloat16}
+
 __all__ = [
     "BenchConfig",
     "Problem",
@@ -71,6 +74,9 @@ class BenchConfig:
         native: Run deqkit's ``"anderson"`` as ``Anderson(native=True)`` (its bookkeeping
             in the C++ extension; CPU only). Its rows keep the name ``anderson``, so every
             target measures it. Default ``False``.
+        history: With ``native``, the dtype of Anderson's history rings: ``"state"`` (the
+            state's, float32) or ``"bfloat16"`` (``Anderson(history_dtype=torch.bfloat16)``).
+            Default ``"state"``.
 
     Raises:
         ValueError: on an invalid field (the message names it and the valid values).
@@ -89,6 +95,7 @@ class BenchConfig:
     progress: bool = False
     clock: str = "wall"
     native: bool = False
+    history: str = "state"
 
     def __post_init__(self):
         if not self.problems or not all(isinstance(p, ProblemSpec) for p in self.problems):
@@ -119,6 +126,12 @@ class BenchConfig:
             raise ValueError(f"Invalid native: {self.native!r} (expected True or False)")
         if self.native and device.type != "cpu":
             raise ValueError(f"Invalid native: True with device {self.device!r} (CPU only)")
+        choice("history", self.history, tuple(HISTORIES))
+        if self.history != "state" and not self.native:
+            raise ValueError(
+                f"Invalid history: {self.history!r} without native (the eager step keeps its "
+                "history in the state's dtype; expected native=True or history='state')"
+            )
         if self.clock == "cpu" and device.type != "cpu":
             raise ValueError(
                 f"Invalid clock: 'cpu' with device {self.device!r} (expected clock='wall' on "
@@ -252,9 +265,11 @@ class _Counted:
 _Runner = Callable[[Callable[[Tensor], Tensor], Tensor], tuple[Tensor, Tensor, Tensor | None]]
 
 
-def _ours(method: str, tol: float, max_iter: int, native: bool = False) -> _Runner:
+def _ours(
+    method: str, tol: float, max_iter: int, native: bool = False, history: str = "state"
+) -> _Runner:
     if native and method == "anderson":
-        method = Anderson(native=True)
+        method = Anderson(native=True, history_dtype=HISTORIES[history])
 
     def run(f: Callable[[Tensor], Tensor], z0: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         r = solve(f, z0, method, tol=tol, stop="rel", max_iter=max_iter)
@@ -306,7 +321,8 @@ def run_solver_benchmark(config: BenchConfig) -> list[Row]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Invalid device: {config.device!r} (CUDA is not available)")
     entrants: list[tuple[str, str, _Runner]] = [
-        (OURS, m, _ours(m, config.tol, config.max_iter, config.native)) for m in config.ours
+        (OURS, m, _ours(m, config.tol, config.max_iter, config.native, config.history))
+        for m in config.ours
     ]
     if config.include_torchdeq:
         if not torchdeq_available():

@@ -152,6 +152,18 @@ class Anderson(Solver):
             with the default's to rounding, not bit for bit; every trained number in the
             docs was made with the default. Measured by ``deqkit solve-bench --native``.
             Default ``False``.
+        history_dtype: With ``native=True``, the dtype the two ``[B, m, n]`` history rings
+            are stored in: ``None`` (the state's dtype), ``torch.bfloat16``, or
+            ``torch.float32`` under a float64 state. A step reads ``2 m`` history columns, so
+            at large ``B x n`` the solve is a pass over memory, and a narrower history both
+            halves that traffic and leaves more of the cache to ``f``. Each difference is
+            rounded once where it is written (bfloat16: 8 significant bits); the Gram
+            matrix, right-hand side and extrapolation use the stored values in the state's
+            precision. Residuals, stopping and the returned iterate are exact whatever the
+            history: a rounded history changes which points are proposed (the evaluation
+            count may move), never what a point's residual is. Where the eager steps run
+            instead (see ``native``) the history is kept in the state's dtype.
+            Default ``None``.
     """
 
     m: int = 5
@@ -160,6 +172,7 @@ class Anderson(Solver):
     safeguard: float = 10.0
     max_weight: float = 1e6
     native: bool = False
+    history_dtype: torch.dtype | None = None
     name = "anderson"
 
     def __post_init__(self):
@@ -174,6 +187,18 @@ class Anderson(Solver):
         )
         if not isinstance(self.native, bool):
             raise TypeError(f"{of}: native must be True or False, got {self.native!r}")
+        h = self.history_dtype
+        if h is not None:
+            if h not in _HISTORY:
+                raise ValueError(
+                    f"{of}: history_dtype must be None, torch.bfloat16, torch.float32 or "
+                    f"torch.float64, got {h!r}"
+                )
+            if not self.native:
+                raise ValueError(
+                    f"{of}: history_dtype={h} needs native=True (the eager step keeps its "
+                    "history in the state's dtype)"
+                )
 
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> _History:
         B, n = p.z.shape
@@ -207,12 +232,22 @@ class Anderson(Solver):
             safeguard=torch.tensor(self.safeguard, dtype=p.z.dtype, device=dev),
         )
 
-    def _check_native(self, z: Tensor) -> None:
+    def _check_native(self, z: Tensor) -> str:
+        """Refuse what the extension cannot run; the history's name for it."""
         if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64):
             raise ValueError(
                 f"{self.name}: native=True runs on the CPU with a float32 or float64 state, "
                 f"got device {z.device.type} and state dtype {z.dtype}"
             )
+        h = self.history_dtype
+        if h is None or h == z.dtype:
+            return "state"
+        if h.itemsize > z.dtype.itemsize:
+            raise ValueError(
+                f"{self.name}: history_dtype {h} is wider than the state dtype {z.dtype}; "
+                "expected torch.bfloat16, or torch.float32 under a float64 state"
+            )
+        return _HISTORY[h]
 
     def fused(self, ev: Evaluator, p: Point, active: Tensor, failed: Tensor, tol: float):
         """The whole solve in the C++ extension (``native=True``); ``None`` otherwise.
@@ -223,11 +258,11 @@ class Anderson(Solver):
         """
         if not self.native:
             return None
-        self._check_native(p.z)
+        history = self._check_native(p.z)
         loop = _native.load().start(
             p.z.contiguous(), p.fz.contiguous(), p.g.contiguous(), p.gnorm.contiguous(),
             p.res.contiguous(), active, failed, self.m, self.beta, self.lam, _TINY,
-            self.safeguard, self.max_weight, tol, ev.relative, ev.eps, ev.max_iter,
+            self.safeguard, self.max_weight, tol, ev.relative, ev.eps, ev.max_iter, history,
         )  # fmt: skip
         running = loop.running()
         while running:
@@ -424,3 +459,5 @@ class Anderson(Solver):
 
 
 _TINY = torch.finfo(torch.float64).tiny
+# history_dtype -> the extension's name for the rings' storage
+_HISTORY = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64"}

@@ -17,6 +17,8 @@
 //      k, the new Gram row dG_j . dG_k and right-hand side dG_j . g_new (one pass over the
 //      ring; only the leading min(accepted, m) columns are ever valid, since a reset restarts
 //      the ring at column 0), written into row and column k of A with the relative ridge;
+//      g_new replaces g_old in place (it is first computed into a per-thread row that stays
+//      in L1, since a rejected proposal keeps g_old);
 //   5. keeps the lowest-residual point (lazily: a row is copied to `best_z` only when the
 //      sample leaves its best point for a worse one);
 //   6. stops the sample where the residual meets `tol` or the budget is spent;
@@ -30,13 +32,25 @@
 // small solve is not LAPACK's, so iterates agree with the eager solve's to rounding.
 // A stopped sample's row holds its final iterate in both buffers, so f sees a finite row
 // there (as in the eager loop, where a stopped sample proposes its own z).
+//
+// At batch 128 x width 1024 a step is a pass over memory: 2m history columns are read per
+// step, and what the history displaces from the cache makes the next evaluation of f
+// slower. The rings may therefore be stored in a narrower type than the state (history
+// "bfloat16", or "float32" under a float64 state): differences are rounded once when
+// written, and the Gram matrix, right-hand side and extrapolation use the stored values, in
+// the state's precision. Residuals, norms, stopping and the returned iterate stay exact: a
+// rounded history changes which points are proposed, never what a point's residual is.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <memory>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -87,6 +101,40 @@ void check(const torch::Tensor& t, const char* name, torch::ScalarType dtype,
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
+// The history's storage: Hist<H>::get reads a stored value as float or double, put rounds
+// a value of the state type to it (bfloat16: round to nearest even, on the bits).
+struct BF16 {};
+
+template <typename H>
+struct Hist {
+  using S = H;
+  static H get(S v) { return v; }
+  template <typename T>
+  static S put(T v) { return static_cast<S>(v); }
+  static constexpr torch::ScalarType dtype =
+      std::is_same<H, float>::value ? torch::kFloat : torch::kDouble;
+};
+
+template <>
+struct Hist<BF16> {
+  using S = uint16_t;
+  static float get(S v) {
+    const uint32_t u = static_cast<uint32_t>(v) << 16;
+    float x;
+    std::memcpy(&x, &u, sizeof x);
+    return x;
+  }
+  template <typename T>
+  static S put(T v) {
+    const float x = static_cast<float>(v);
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<S>(u >> 16);
+  }
+  static constexpr torch::ScalarType dtype = torch::kBFloat16;
+};
+
 class Loop {
  public:
   virtual ~Loop() = default;
@@ -98,15 +146,19 @@ class Loop {
   int64_t running() const { return running_; }
   // (best_z [B, n], best_res [B], nfev [B] long, failed [B] bool), once the solve is over.
   virtual std::vector<torch::Tensor> result() = 0;
+  // The rings (D, dG), [B, m, n] each in the history's dtype, for tests.
+  std::vector<torch::Tensor> history() const { return {D_, dG_}; }
 
  protected:
-  torch::Tensor Z_[2];
+  torch::Tensor Z_[2], D_, dG_;
   int cur_ = 0;  // Z_[cur_] holds every sample's current point, Z_[1 - cur_] the proposal
   int64_t running_ = 0;
 };
 
-template <typename T>
+template <typename T, typename H>
 class LoopT final : public Loop {
+  using S = typename Hist<H>::S;
+
  public:
   LoopT(const torch::Tensor& z, const torch::Tensor& fz, const torch::Tensor& g,
         const torch::Tensor& gnorm, const torch::Tensor& res, const torch::Tensor& active,
@@ -121,11 +173,10 @@ class LoopT final : public Loop {
     const int64_t m = o.m;
     Z_[0] = z.clone();
     Z_[1] = torch::empty_like(z);
-    G_[0] = g.clone();
-    G_[1] = torch::empty_like(g);
+    G_ = g.clone();
     best_z_ = torch::empty_like(z);
-    D_ = torch::empty({B_, m, n_}, z.options());
-    dG_ = torch::empty({B_, m, n_}, z.options());
+    D_ = torch::empty({B_, m, n_}, z.options().dtype(Hist<H>::dtype));
+    dG_ = torch::empty({B_, m, n_}, z.options().dtype(Hist<H>::dtype));
     gnorm_ = gnorm.clone();
     res_ = res.clone();
     best_res_ = res.clone();
@@ -135,11 +186,10 @@ class LoopT final : public Loop {
     // per sample and step cost more than the sample's arithmetic at 64 x 256.
     zp_[0] = Z_[0].data_ptr<T>();
     zp_[1] = Z_[1].data_ptr<T>();
-    gp_[0] = G_[0].data_ptr<T>();
-    gp_[1] = G_[1].data_ptr<T>();
+    gp_ = G_.data_ptr<T>();
     best_ = best_z_.data_ptr<T>();
-    dp_ = D_.data_ptr<T>();
-    dgp_ = dG_.data_ptr<T>();
+    dp_ = static_cast<S*>(D_.data_ptr());
+    dgp_ = static_cast<S*>(dG_.data_ptr());
     gn_ = gnorm_.data_ptr<T>();
     rs_ = res_.data_ptr<T>();
     br_ = best_res_.data_ptr<T>();
@@ -169,13 +219,14 @@ class LoopT final : public Loop {
     check(fz, "f(z)", Z_[0].scalar_type(), {B_, n_});
     const int nw = 1 - cur_, od = cur_;
     const T* f1 = fz.data_ptr<T>();
-    T *znew = zp_[nw], *zold = zp_[od], *gnew = gp_[nw], *gold = gp_[od];
+    T *znew = zp_[nw], *zold = zp_[od];
     at::parallel_for(0, B_, 1, [&](int64_t lo, int64_t hi) {
       std::vector<double> l(o_.m * o_.m + o_.m), w(o_.m);
+      std::vector<T> row(n_);
       for (int64_t b = lo; b < hi; ++b) {
         if (!active_[b]) continue;
         const int64_t x = b * n_;
-        step(b, znew + x, zold + x, gnew + x, gold + x, f1 + x, l.data(), w.data());
+        step(b, znew + x, zold + x, gp_ + x, f1 + x, row.data(), l.data(), w.data());
       }
     });
     cur_ = nw;
@@ -206,30 +257,28 @@ class LoopT final : public Loop {
     for (int64_t i = 0; i < n_; ++i) out[i] = z[i] + bt * g[i];
   }
 
-  // Sample b's work between two evaluations (see the header). z1, g1: its rows of the
-  // buffers holding the evaluated proposal (and, after this, its current point); z0, g0:
-  // its current point's rows, which receive the next proposal; f1: f(z1).
-  void step(int64_t b, T* __restrict__ z1, T* __restrict__ z0, T* __restrict__ g1,
-            T* __restrict__ g0, const T* __restrict__ f1, double* l, double* w) {
+  // Sample b's work between two evaluations (see the header). z1: its row of the buffer
+  // holding the evaluated proposal (and, after this, its current point); z0: its current
+  // point's row, which receives the next proposal; g: its residual row (the current
+  // point's, replaced in place where the proposal is accepted); f1: f(z1); r: a scratch
+  // row of n values.
+  void step(int64_t b, T* __restrict__ z1, T* __restrict__ z0, T* __restrict__ g,
+            const T* __restrict__ f1, T* __restrict__ r, double* l, double* w) {
     const int64_t m = o_.m, n = n_;
     T *gn = gn_, *rs = rs_, *br = br_;
     int64_t* nf = nf_;
     nf[b] += 1;
     const int64_t have = accepted_[b];
     const int64_t slot = have % m;
-    T* __restrict__ dgk = dgp_ + (b * m + slot) * n;
-    T* __restrict__ dk = dp_ + (b * m + slot) * n;
+    S* __restrict__ dgk = dgp_ + (b * m + slot) * n;
+    S* __restrict__ dk = dp_ + (b * m + slot) * n;
     const T bt = static_cast<T>(o_.beta);
-    // 1. The evaluated point, and its differences written ahead into the next ring column:
-    // where the proposal is rejected the history is cleared, so that column is never read.
+    // 1. The evaluated point's residual, into the scratch row.
     double sg = 0.0, sf = 0.0;
 #pragma omp simd reduction(+ : sg, sf)
     for (int64_t i = 0; i < n; ++i) {
       const T gi = f1[i] - z1[i];
-      g1[i] = gi;
-      const T dg = gi - g0[i];
-      dgk[i] = dg;
-      dk[i] = (z1[i] - z0[i]) + bt * dg;
+      r[i] = gi;
       sg += static_cast<double>(gi) * gi;
       sf += static_cast<double>(f1[i]) * f1[i];
     }
@@ -239,14 +288,13 @@ class LoopT final : public Loop {
     // 2. The safeguard applies to accelerated proposals only (NaN fails <=).
     const bool accept = have == 0 || gnorm <= gn[b] * static_cast<T>(o_.safeguard);
     if (!accept) {
-      accepted_[b] = 0;  // stay at the current point, whose rows move to the new buffers
+      accepted_[b] = 0;  // stay at the current point (g still holds its residual)
       std::copy(z0, z0 + n, z1);
-      std::copy(g0, g0 + n, g1);
       if (nf[b] >= o_.max_iter) {
         active_[b] = 0;  // z0 still holds it too
         return;
       }
-      plain(z1, g1, nullptr, z0);
+      plain(z1, g, nullptr, z0);
       return;
     }
     // 3. An accepted non-finite point fails the sample, which stays where it was.
@@ -256,18 +304,27 @@ class LoopT final : public Loop {
       std::copy(z0, z0 + n, z1);
       return;
     }
-    // 4. The Gram row and right-hand side over the valid columns, into A and rhs.
+    // 4. The differences into ring column `slot`, the residual in place, then the Gram row
+    // and right-hand side over the valid columns, into A and rhs.
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const T dg = r[i] - g[i];
+      g[i] = r[i];
+      dgk[i] = Hist<H>::put(dg);
+      dk[i] = Hist<H>::put((z1[i] - z0[i]) + bt * dg);
+    }
     const int64_t valid = std::min(have + 1, m);
     double* a = A_.data() + b * m * m;
     double* rhs = rhs_.data() + b * m;
-    const T* ring = dgp_ + b * m * n;
+    const S* ring = dgp_ + b * m * n;
     for (int64_t j = 0; j < valid; ++j) {
-      const T* __restrict__ col = ring + j * n;
+      const S* __restrict__ col = ring + j * n;
       T s = 0, t = 0;  // in the state dtype, as the eager step's batched product
 #pragma omp simd reduction(+ : s, t)
       for (int64_t i = 0; i < n; ++i) {
-        s += col[i] * dgk[i];
-        t += col[i] * g1[i];
+        const T c = static_cast<T>(Hist<H>::get(col[i]));
+        s += c * static_cast<T>(Hist<H>::get(dgk[i]));
+        t += c * g[i];
       }
       const double v = j == slot ? s + (s * o_.lam + o_.tiny) : static_cast<double>(s);
       a[slot * m + j] = v;
@@ -302,26 +359,27 @@ class LoopT final : public Loop {
     if (!ok) {  // clear the history, take the plain step
       accepted_[b] = 0;
       std::fill(a, a + m * m, 0.0);
-      plain(z1, g1, f1, z0);
+      plain(z1, g, f1, z0);
       return;
     }
-    const T* dring = dp_ + b * m * n;
-    plain(z1, g1, f1, z0);
+    const S* dring = dp_ + b * m * n;
+    plain(z1, g, f1, z0);
     for (int64_t j = 0; j < k; ++j) {
-      const T* __restrict__ dj = dring + j * n;
+      const S* __restrict__ dj = dring + j * n;
       const T wj = static_cast<T>(w[j]);
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) z0[i] -= wj * dj[i];
+      for (int64_t i = 0; i < n; ++i) z0[i] -= wj * static_cast<T>(Hist<H>::get(dj[i]));
     }
   }
 
   Options o_;
   int64_t B_, n_;
-  torch::Tensor G_[2], best_z_, D_, dG_, gnorm_, res_, best_res_, nfev_, failed_;
+  torch::Tensor G_, best_z_, gnorm_, res_, best_res_, nfev_, failed_;
   std::vector<double> A_, rhs_;
   std::vector<int64_t> accepted_;
   std::vector<uint8_t> active_, best_cur_;
-  T *zp_[2], *gp_[2], *best_, *dp_, *dgp_, *gn_, *rs_, *br_;
+  T *zp_[2], *gp_, *best_, *gn_, *rs_, *br_;
+  S *dp_, *dgp_;
   int64_t* nf_;
   bool* fl_;
 };
@@ -330,16 +388,28 @@ std::shared_ptr<Loop> start(torch::Tensor z, torch::Tensor fz, torch::Tensor g,
                             torch::Tensor gnorm, torch::Tensor res, torch::Tensor active,
                             torch::Tensor failed, int64_t m, double beta, double lam,
                             double tiny, double safeguard, double max_weight, double tol,
-                            bool rel, double eps, int64_t max_iter) {
+                            bool rel, double eps, int64_t max_iter,
+                            const std::string& history) {
   TORCH_CHECK(z.dim() == 2, "z must be [B, n], got ", z.sizes());
   TORCH_CHECK(m >= 1, "m must be >= 1, got ", m);
   TORCH_CHECK(max_iter >= 1, "max_iter must be >= 1, got ", max_iter);
   const Options o{m, beta, lam, tiny, safeguard, max_weight, tol, eps, rel, max_iter};
-  if (z.scalar_type() == torch::kFloat)
-    return std::make_shared<LoopT<float>>(z, fz, g, gnorm, res, active, failed, o);
-  TORCH_CHECK(z.scalar_type() == torch::kDouble, "native Anderson needs float32 or float64, got ",
-              z.scalar_type());
-  return std::make_shared<LoopT<double>>(z, fz, g, gnorm, res, active, failed, o);
+  const bool f32 = z.scalar_type() == torch::kFloat;
+  TORCH_CHECK(f32 || z.scalar_type() == torch::kDouble,
+              "native Anderson needs float32 or float64, got ", z.scalar_type());
+  TORCH_CHECK(history == "state" || history == "bfloat16" || (!f32 && history == "float32"),
+              "history must be 'state', 'bfloat16' or (under a float64 state) 'float32', got '",
+              history, "'");
+  if (f32) {
+    if (history == "bfloat16")
+      return std::make_shared<LoopT<float, BF16>>(z, fz, g, gnorm, res, active, failed, o);
+    return std::make_shared<LoopT<float, float>>(z, fz, g, gnorm, res, active, failed, o);
+  }
+  if (history == "bfloat16")
+    return std::make_shared<LoopT<double, BF16>>(z, fz, g, gnorm, res, active, failed, o);
+  if (history == "float32")
+    return std::make_shared<LoopT<double, float>>(z, fz, g, gnorm, res, active, failed, o);
+  return std::make_shared<LoopT<double, double>>(z, fz, g, gnorm, res, active, failed, o);
 }
 
 }  // namespace
@@ -349,6 +419,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       .def("advance", &Loop::advance, "finish f's output for the proposal, make the next one")
       .def("proposal", &Loop::proposal, "the [B, n] iterate f evaluates next")
       .def("running", &Loop::running, "samples still running")
-      .def("result", &Loop::result, "(best_z, best_res, nfev, failed)");
+      .def("result", &Loop::result, "(best_z, best_res, nfev, failed)")
+      .def("history", &Loop::history, "the rings (D, dG), [B, m, n] in the history's dtype");
   module.def("start", &start, "Anderson's native loop from an evaluated first point");
 }
