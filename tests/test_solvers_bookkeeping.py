@@ -133,3 +133,28 @@ def test_deq_call_neither_resolves_nor_revalidates_its_settings(monkeypatch):
         deq(x, torch.full((3, 6), float("nan"), dtype=D))
     with pytest.raises(TypeError, match="floating-point"):
         deq(x, torch.zeros(3, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finiteness_check_is_one_reduction_and_exact(dtype):
+    """``all_finite`` answers from one sum where that sum is finite (no [B, n] bool mask),
+    and from the elementwise check where the sum overflows: finite values whose sum is
+    inf pass, a single NaN or inf anywhere fails."""
+    from deqkit.solvers._core import all_finite
+
+    big = torch.finfo(dtype).max
+    z = torch.randn(64, 256, dtype=torch.float64).to(dtype)
+    with LargeAllocations(64 * 256) as big_allocs:
+        assert all_finite(z)
+    assert big_allocs.count == 0
+    huge = torch.full((4, 8), big, dtype=dtype)  # finite, its sum overflows
+    assert not torch.isfinite(huge.sum()) and all_finite(huge)
+    assert all_finite(torch.cat([huge, -huge]))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for where in ((0, 0), (3, 7)):
+            for base in (z[:4, :8].clone(), huge.clone()):
+                base[where] = bad
+                assert not all_finite(base), (bad, where)
+    with pytest.raises(ValueError, match="z0 must be finite"):
+        deqkit.solve(lambda v: 0.5 * v, torch.cat([huge, torch.full((1, 8), float("inf"))]))
+    assert deqkit.solve(lambda v: 0.5 * v, huge).z.shape == huge.shape  # finite: accepted

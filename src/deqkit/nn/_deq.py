@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..solvers import Solver, SolveResult, run
+from ..solvers._core import all_finite
 from ._gradients import Gradient
 from ._settings import SETTINGS, DEQSettings, check_setting_names, equal
 from ._state import Packer, State
@@ -331,7 +332,7 @@ def _check_start(z0: Tensor) -> None:
     """
     if not z0.is_floating_point():
         raise TypeError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
-    if not bool(torch.isfinite(z0).all()):
+    if not all_finite(z0):
         raise ValueError("z0 must be finite; it contains NaN or inf")
 
 

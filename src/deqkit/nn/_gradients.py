@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .._validate import assign, integer, real
 from ..solvers import Solver, SolveResult, check_budget, resolve, run
+from ..solvers._core import all_finite
 
 __all__ = [
     "GRADIENTS",
@@ -418,7 +419,7 @@ class ImplicitGrad(torch.autograd.Function):
         with torch.enable_grad():
             # The adjoint settings were checked and its solver resolved once (bind), so
             # the loop runs directly; only the incoming gradient is checked.
-            if not bool(torch.isfinite(grad).all()):
+            if not all_finite(grad):
                 raise ValueError("z0 must be finite; it contains NaN or inf")
             with torch.no_grad():
                 res = run(

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._validate import choice, integer, real
-from ._core import Evaluator, Point, Solver, SolveResult, Status, where_active
+from ._core import Evaluator, Point, Solver, SolveResult, Status, all_finite, where_active
 
 __all__ = ["available", "check_budget", "register", "resolve", "run", "solve"]
 
@@ -110,7 +110,7 @@ def _check_args(f, z0, tol, stop, max_iter) -> None:
             f"problems; f receives tensors of that shape"
         )
     check_budget(tol, stop, max_iter)
-    if not bool(torch.isfinite(z0).all()):
+    if not all_finite(z0):
         raise ValueError("z0 must be finite; it contains NaN or inf")
 
 
