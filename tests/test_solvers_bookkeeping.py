@@ -140,7 +140,7 @@ def test_finiteness_check_is_one_reduction_and_exact(dtype):
     """``all_finite`` answers from one sum where that sum is finite (no [B, n] bool mask),
     and from the elementwise check where the sum overflows: finite values whose sum is
     inf pass, a single NaN or inf anywhere fails."""
-    from deqkit.solvers._core import all_finite
+    from deqkit.solvers import all_finite
 
     big = torch.finfo(dtype).max
     z = torch.randn(64, 256, dtype=torch.float64).to(dtype)

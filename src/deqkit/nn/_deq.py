@@ -11,8 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..solvers import Solver, SolveResult, run
-from ..solvers._core import all_finite
+from ..solvers import Solver, SolveResult, all_finite, run
 from ._gradients import Gradient
 from ._settings import SETTINGS, DEQSettings, check_setting_names, equal
 from ._state import Packer, State

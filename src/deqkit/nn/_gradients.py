@@ -22,8 +22,7 @@ import torch
 from torch import Tensor
 
 from .._validate import assign, integer, real
-from ..solvers import Solver, SolveResult, check_budget, resolve, run
-from ..solvers._core import all_finite
+from ..solvers import Solver, SolveResult, all_finite, check_budget, resolve, run
 
 __all__ = [
     "GRADIENTS",

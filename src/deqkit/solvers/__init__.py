@@ -9,12 +9,22 @@ Extension API, for layers and instruments that drive the loop themselves (the DE
 unrolled backward, :func:`deqkit.analysis.compute_curve`): :func:`run` is the loop behind
 :func:`solve` without its argument checks and without ``no_grad`` (so autograd can record
 through it), with a per-step callback; :func:`check_budget` is the check of ``tol``,
-``stop`` and ``max_iter`` that :func:`solve` applies, to call before :func:`run`.
+``stop`` and ``max_iter`` that :func:`solve` applies, to call before :func:`run`, and
+:func:`all_finite` its check that ``z0`` is finite.
 """
 
 from ._anderson import Anderson
 from ._broyden import Broyden
-from ._core import Evaluator, Point, SolveError, Solver, SolveResult, Status, where_active
+from ._core import (
+    Evaluator,
+    Point,
+    SolveError,
+    Solver,
+    SolveResult,
+    Status,
+    all_finite,
+    where_active,
+)
 from ._loop import available, check_budget, register, resolve, run, solve
 from ._newton import NewtonKrylov
 from ._picard import Picard
@@ -39,6 +49,7 @@ __all__ = [
     "SolveResult",
     "Solver",
     "Status",
+    "all_finite",
     "available",
     "check_budget",
     "register",
