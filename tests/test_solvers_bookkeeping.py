@@ -158,3 +158,57 @@ def test_finiteness_check_is_one_reduction_and_exact(dtype):
     with pytest.raises(ValueError, match="z0 must be finite"):
         deqkit.solve(lambda v: 0.5 * v, torch.cat([huge, torch.full((1, 8), float("inf"))]))
     assert deqkit.solve(lambda v: 0.5 * v, huge).z.shape == huge.shape  # finite: accepted
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the operators that make the host wait for the device on an accelerator: a
+    value read on the host (``bool``/``int``/``float``/``item``), and the data-dependent
+    shapes (``nonzero``, ``masked_select``, indexing with a bool mask). On the CPU they
+    cost nothing, so the count is the accelerator's number of synchronisations."""
+
+    SYNCS = (
+        torch.ops.aten._local_scalar_dense.default,
+        torch.ops.aten.nonzero.default,
+        torch.ops.aten.masked_select.default,
+    )
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNCS:
+            self.count += 1
+        elif func is torch.ops.aten.index.Tensor and any(
+            i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1]
+        ):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", zoo.METHODS)
+@pytest.mark.parametrize("name", ["mixed_tanh", "expansive_tanh", "linear_slow", "cos"])
+def test_accelerator_path_waits_for_the_device_once_per_evaluation(method, name, monkeypatch):
+    """Under the accelerator's policy (the CPU emulating it) a solve makes the host wait
+    only where that can save an evaluation of ``f``: the loop's "is any sample running?"
+    before each step (and the finiteness check of ``z0``), and in a Newton step the read of
+    the remaining budget that bounds its Krylov dimension, GMRES's "does any sample still
+    iterate?" and the line search's "does any sample still backtrack?". So at most one wait
+    per evaluation of ``f``, plus two per Newton step, plus two. (Newton's step used to
+    read its budget twice, through a bool-mask index each time, and ask again whether any
+    sample was running: six waits per step beyond its evaluations.)"""
+    p = zoo.by_name(name)
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return p.f(z)
+
+    monkeypatch.setattr(solver_loop, "_host_checks_are_free", lambda device: False)
+    with HostReads() as reads:
+        r = deqkit.solve(
+            f, p.z0, method, tol=p.tol, stop=p.stop, max_iter=p.max_iter, record_trace=True
+        )
+    steps = r.trace.shape[0] - 1
+    extra = 2 * steps if method == "newton" else 0
+    assert reads.count <= len(calls) + extra + 2, (reads.count, len(calls), steps)

@@ -115,7 +115,7 @@ class NewtonKrylov(Solver):
             used = torch.where(running, used + 1, used)
             breakdown = hn <= torch.finfo(w.dtype).eps * beta0
             running = running & (e[:, j + 1].abs() > target) & ~breakdown
-            if not bool(running.any()):
+            if j + 1 < k_max and not bool(running.any()):  # the last one would save nothing
                 break
         k = R.shape[-1]
         cols = torch.arange(k, device=p.z.device)
@@ -131,19 +131,30 @@ class NewtonKrylov(Solver):
         return where_active(active & (used > 0), d, p.g)
 
     def step(self, ev: Evaluator, p: Point, active: Tensor, st: _Forcing):
-        if not bool(active.any()):  # the loop never asks; a direct caller may
+        # Host reads, each of which makes the host wait on an accelerator: the remaining
+        # budget once per step (it bounds the Krylov dimension), then only the checks that
+        # can save an evaluation of f (GMRES's "any sample still iterating?", the line
+        # search's "any sample still backtracking?").
+        budget = _budget(ev, active)
+        if budget is None:  # no sample running: the loop never asks, a direct caller may
             return p, None, st
-        budget = int((ev.max_iter - ev.nfev)[active].min())
         if budget < 2:  # no room for a Krylov step and its trial point: plain step
             return ev.point(ev.propose(active, p.z + p.g, p.z)), None, st
         eta = self._forcing(p, st)
         d = self._gmres(ev, p, active, eta, budget - 1)
-        budget = int((ev.max_iter - ev.nfev)[active].min())
         t = torch.ones_like(p.gnorm)
         q = ev.point(ev.propose(active, p.z + d, p.z))
-        for _ in range(min(self.max_backtracks, budget - 1)):
-            bad = active & ~(q.gnorm <= (1.0 - 1e-4 * t) * p.gnorm)
-            if not bool(bad.any()):
+        # The trial point charged every active sample once, so the fewest evaluations any of
+        # them has left bounds the backtracks; it and the first "any sample backtracking?"
+        # come in one read, packed into one integer (the budget is finite: samples run).
+        bad = active & ~(q.gnorm <= (1.0 - 1e-4 * t) * p.gnorm)
+        packed = int(2 * _budget_tensor(ev, active) + bad.any())
+        left, any_bad = packed >> 1, bool(packed & 1)
+        for i in range(min(self.max_backtracks, left)):
+            if i:
+                bad = active & ~(q.gnorm <= (1.0 - 1e-4 * t) * p.gnorm)
+                any_bad = bool(bad.any())
+            if not any_bad:
                 break
             t = torch.where(bad, 0.5 * t, t)
             trial = ev.point(where_active(bad, p.z + t[:, None] * d, p.z), charge=bad)
@@ -153,3 +164,20 @@ class NewtonKrylov(Solver):
             None,
             _Forcing(torch.where(active, eta, st.eta), torch.where(active, p.gnorm, st.gnorm)),
         )
+
+
+_NONE_RUNNING = torch.iinfo(torch.long).max // 4
+
+
+def _budget_tensor(ev: Evaluator, active: Tensor) -> Tensor:
+    """``[]`` long: the fewest evaluations any running sample has left, on the device
+    (``_NONE_RUNNING`` where no sample runs): no bool-mask index, which would make the host
+    wait for its shape."""
+    return torch.where(active, ev.max_iter - ev.nfev, _NONE_RUNNING).min()
+
+
+def _budget(ev: Evaluator, active: Tensor) -> int | None:
+    """:func:`_budget_tensor` read on the host (one wait on an accelerator); ``None`` where
+    no sample runs."""
+    left = int(_budget_tensor(ev, active))
+    return None if left == _NONE_RUNNING else left
