@@ -267,37 +267,28 @@ def test_budgets_stopping_and_inputs_as_in_the_eager_solve():
     assert torch.equal(native.status, eager.status)
 
 
-def test_the_implicit_gradient_through_native_solves():
-    """A DEQ with native Anderson (forward and adjoint solves) gives the default's gradient."""
+@pytest.mark.parametrize("backward", ["implicit", "phantom", "unrolled"])
+def test_gradients_through_native_solves_equal_the_eager_ones(backward):
+    """A DEQ with native Anderson gives the eager step's gradient: implicit (the forward and
+    the adjoint solve native), phantom (the forward solve native) and unrolled (which runs
+    the eager steps, autograd recording)."""
     torch.manual_seed(0)
     cell = torch.nn.Linear(6, 6).double()
     with torch.no_grad():
         cell.weight.mul_(0.3)
     x = torch.randn(4, 6, dtype=torch.float64)
+    tol, atol = (1e-8, 1e-12) if backward == "unrolled" else (1e-10, 1e-9)
     grads = []
     for native in (False, True):
         deq = DEQ(lambda z, x: torch.tanh(cell(z) + x), solver=Anderson(native=native),
-                  tol=1e-10, max_iter=60)  # fmt: skip
-        z, _ = deq(x, torch.zeros_like(x))
+                  backward=backward, tol=tol, max_iter=60)  # fmt: skip
+        z, info = deq(x, torch.zeros_like(x))
         (grad,) = torch.autograd.grad(z.square().sum(), cell.weight)
+        assert info.forward.all_converged
+        if backward == "implicit":
+            assert info.backward is not None and info.backward.all_converged
         grads.append(grad)
-    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-9)
-
-
-def test_the_unrolled_gradient_runs_the_eager_step():
-    torch.manual_seed(0)
-    cell = torch.nn.Linear(6, 6).double()
-    with torch.no_grad():
-        cell.weight.mul_(0.3)
-    x = torch.randn(4, 6, dtype=torch.float64)
-    grads = []
-    for native in (False, True):
-        deq = DEQ(lambda z, x: torch.tanh(cell(z) + x), solver=Anderson(native=native),
-                  backward="unrolled", tol=1e-8, max_iter=30)  # fmt: skip
-        z, _ = deq(x, torch.zeros_like(x))
-        (grad,) = torch.autograd.grad(z.square().sum(), cell.weight)
-        grads.append(grad)
-    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=atol)
 
 
 def test_bad_native_arguments_are_named(monkeypatch):
