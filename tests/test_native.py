@@ -350,3 +350,28 @@ def test_the_solver_benchmark_runs_the_native_anderson():
     )  # fmt: skip
     (row,) = bench.run_solver_benchmark(narrow)
     assert row.solver == "anderson" and narrow.to_dict()["history"] == "bfloat16"
+
+
+def test_history_dtype_by_name_for_configs():
+    """A TOML or JSON config names the history's dtype: "bfloat16", "float32" or "float64"
+    mean the torch dtypes, so a DEQ's ``solver_options`` can ask for the narrow history."""
+    from deqkit.train import TrainConfig
+
+    for name, dtype in (("bfloat16", torch.bfloat16), ("float32", torch.float32),
+                        ("float64", torch.float64)):  # fmt: skip
+        assert Anderson(native=True, history_dtype=name).history_dtype is dtype
+    assert Anderson(native=True, history_dtype="bfloat16") == Anderson(
+        native=True, history_dtype=torch.bfloat16
+    )
+    with pytest.raises(ValueError, match="history_dtype must be None, torch.bfloat16.*'half'"):
+        Anderson(native=True, history_dtype="half")
+    cfg = TrainConfig.from_dict(
+        {"deq": {"solver_options": {"native": True, "history_dtype": "bfloat16"}}}
+    )
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # the name survives a round trip
+    options = cfg.deq["solver_options"]
+    deq = DEQ(lambda z, x: torch.tanh(0.5 * z + x), solver_options=options, tol=1e-6)
+    x = torch.randn(3, 8)
+    z, info = deq(x, torch.zeros(3, 8))
+    assert info.forward.all_converged
+    assert deq.settings.solver_obj == Anderson(native=True, history_dtype=torch.bfloat16)

@@ -154,7 +154,9 @@ class Anderson(Solver):
             Default ``False``.
         history_dtype: With ``native=True``, the dtype the two ``[B, m, n]`` history rings
             are stored in: ``None`` (the state's dtype), ``torch.bfloat16``, or
-            ``torch.float32`` under a float64 state. A step reads ``2 m`` history columns, so
+            ``torch.float32`` under a float64 state, or its name (``"bfloat16"``, for
+            TOML and JSON configs: ``solver_options = {native = true, history_dtype =
+            "bfloat16"}``). A step reads ``2 m`` history columns, so
             at large ``B x n`` the solve is a pass over memory, and a narrower history both
             halves that traffic and leaves more of the cache to ``f``. Each difference is
             rounded once where it is written (bfloat16: 8 significant bits); the Gram
@@ -172,7 +174,7 @@ class Anderson(Solver):
     safeguard: float = 10.0
     max_weight: float = 1e6
     native: bool = False
-    history_dtype: torch.dtype | None = None
+    history_dtype: torch.dtype | str | None = None
     name = "anderson"
 
     def __post_init__(self):
@@ -188,11 +190,14 @@ class Anderson(Solver):
         if not isinstance(self.native, bool):
             raise TypeError(f"{of}: native must be True or False, got {self.native!r}")
         h = self.history_dtype
+        if isinstance(h, str):  # a config's name for it (TOML and JSON have no dtypes)
+            h = _HISTORY_NAMES.get(h, h)
+            assign(self, history_dtype=h)
         if h is not None:
             if h not in _HISTORY:
                 raise ValueError(
                     f"{of}: history_dtype must be None, torch.bfloat16, torch.float32 or "
-                    f"torch.float64, got {h!r}"
+                    f"torch.float64 (or their names, 'bfloat16'...), got {h!r}"
                 )
             if not self.native:
                 raise ValueError(
@@ -461,3 +466,4 @@ class Anderson(Solver):
 _TINY = torch.finfo(torch.float64).tiny
 # history_dtype -> the extension's name for the rings' storage
 _HISTORY = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64"}
+_HISTORY_NAMES = {name: dtype for dtype, name in _HISTORY.items()}
