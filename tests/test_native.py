@@ -375,3 +375,25 @@ def test_history_dtype_by_name_for_configs():
     z, info = deq(x, torch.zeros(3, 8))
     assert info.forward.all_converged
     assert deq.settings.solver_obj == Anderson(native=True, history_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("history", [None, torch.bfloat16])
+def test_threads_split_the_batch_without_changing_a_sample(history):
+    """The step runs samples in parallel (``at::parallel_for`` over the batch, scratch rows
+    per thread): with two threads every sample's iterate, count and status are bit for bit
+    those of one thread, on a batch whose samples stop at different times."""
+    spec = next(s for s in benchmark_problems(quick=True) if s.name == "mixed-0.5-0.99")
+    p = build_tanh(spec)
+    solver = Anderson(native=True, history_dtype=history)
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(solve(p.f, p.z0, solver, tol=1e-6, max_iter=300))
+    finally:
+        torch.set_num_threads(before)
+    one, two = out
+    assert len(set(one.iterations.tolist())) > 1  # samples stopped at different steps
+    for field in ("z", "iterations", "status", "residual"):
+        assert torch.equal(getattr(one, field), getattr(two, field)), field
