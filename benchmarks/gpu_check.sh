@@ -11,11 +11,14 @@
 #   1. `pytest -m gpu`: counts, statuses, per-sample stopping, NaN isolation, half-precision
 #      f with a float32 state, the DEQ's forward and gradients, all against the CPU result;
 #   2. `deqkit solve-bench --device cuda`: every solver on the six benchmark problems;
-#   3. `deqkit mem-bench --device cuda`: a training step's time and peak memory.
-# Into $OUT (default gpu-out/), at most 8 plain files: device.txt, test_gpu.txt,
-# solve_bench.txt, solver_bench.md, solver_bench.json, mem_bench.txt, mem_bench.md,
-# mem_bench.json. The exit status is 0 when all three ran to the end and the tests passed
-# (the benchmarks' PASS/FAIL lines are in their .txt files and printed at the end).
+#   3. the same with `--graph 8`: anderson and picard as `Graphed(steps=8)`, eight steps per
+#      CUDA graph replay and host read (compare its times with 2's, same machine);
+#   4. `deqkit mem-bench --device cuda`: a training step's time and peak memory.
+# Into $OUT (default gpu-out/), at most 10 plain files: device.txt, test_gpu.txt,
+# solve_bench.txt, solver_bench.md, solver_bench.json, solve_bench_graph.txt,
+# solver_bench_graph.md, mem_bench.txt, mem_bench.md, mem_bench.json. The exit status is 0
+# when all four ran to the end and the tests passed (the benchmarks' PASS/FAIL lines are in
+# their .txt files and printed at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -42,14 +45,17 @@ fi
 quick=()
 [ -n "$QUICK" ] && quick=(--quick)
 rc=0
-timeout 300 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/test_gpu.txt" 2>&1 || rc=1
-timeout 150 "$PY" -m deqkit.cli solve-bench --device "$DEVICE" --out "$scratch" --no-progress \
+timeout 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/test_gpu.txt" 2>&1 || rc=1
+timeout 120 "$PY" -m deqkit.cli solve-bench --device "$DEVICE" --out "$scratch" --no-progress \
     "${quick[@]}" > "$OUT/solve_bench.txt" 2>&1 || rc=1
-timeout 120 "$PY" -m deqkit.cli mem-bench --device "$DEVICE" --iterations 20,80 --out "$scratch" \
+timeout 120 "$PY" -m deqkit.cli solve-bench --device "$DEVICE" --out "$scratch/graph" \
+    --no-progress --graph 8 "${quick[@]}" > "$OUT/solve_bench_graph.txt" 2>&1 || rc=1
+timeout 100 "$PY" -m deqkit.cli mem-bench --device "$DEVICE" --iterations 20,80 --out "$scratch" \
     > "$OUT/mem_bench.txt" 2>&1 || rc=1
 cp "$scratch"/solver_bench.md "$scratch"/solver_bench.json "$scratch"/mem_bench.md \
     "$scratch"/mem_bench.json "$OUT"/ 2>/dev/null
-for f in test_gpu solve_bench mem_bench; do
+cp "$scratch"/graph/solver_bench.md "$OUT"/solver_bench_graph.md 2>/dev/null
+for f in test_gpu solve_bench solve_bench_graph mem_bench; do
     echo "== $f"
     grep -E "passed|failed|skipped|error|FAIL|PASS" "$OUT/$f.txt" | tail -40
 done

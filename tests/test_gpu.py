@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import deqkit
-from deqkit import Status, solve
+from deqkit import Implicit, Status, solve
 from deqkit import testing as zoo
+from deqkit.solvers import Anderson, Graphed
 
 pytestmark = [
     pytest.mark.gpu,
@@ -114,3 +115,62 @@ def test_deq_forward_and_gradients_equal_the_cpu_ones(backward):
             assert torch.equal(a, b)
         else:
             torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
+
+
+# Graphed: chunks of steps recorded as a CUDA graph and replayed (tests/test_graphed.py
+# checks the same chunks, run eagerly, on the CPU).
+
+
+@pytest.mark.parametrize("method", ["picard", "anderson"])
+@pytest.mark.parametrize("name", ["mixed_tanh", "linear_slow", "nan_map"])
+def test_graphed_solves_equal_the_loops_on_cuda(name, method):
+    p = zoo.by_name(name).to("cuda")
+    kw = {"tol": p.tol, "stop": p.stop, "max_iter": p.max_iter}
+    plain = solve(p.f, p.z0, method, **kw)
+    graphed = solve(p.f, p.z0, Graphed(method, steps=5), **kw)
+    assert torch.equal(graphed.iterations, plain.iterations)
+    assert torch.equal(graphed.status, plain.status)
+    torch.testing.assert_close(graphed.z, plain.z, rtol=1e-12, atol=1e-12)
+
+
+def test_graphed_replays_without_running_f_in_python():
+    """A replay runs the recorded kernels, not Python: f's Python body runs for the first
+    evaluation, the warm-up chunk and the recording only."""
+    p = zoo.by_name("linear_slow").to("cuda")
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return p.f(z)
+
+    r = solve(f, p.z0, Graphed("anderson", steps=5), tol=p.tol, stop=p.stop, max_iter=400)
+    assert int(r.iterations.max()) > 50
+    assert len(calls) <= 1 + 5 + 5 + 4  # z0, warm-up, recording, a last shorter chunk
+
+
+def test_graphed_deq_training_step_on_cuda():
+    x = torch.randn(5, 4, dtype=D, generator=torch.Generator().manual_seed(1)).cuda()
+    grads = []
+    for solver in (Anderson(), Graphed(Anderson(), steps=4)):
+        cell = _Cell().cuda()
+        deq = deqkit.DEQ(
+            cell, solver=solver, tol=1e-10, max_iter=200, backward=Implicit(solver=solver)
+        )
+        z, info = deq(x)
+        z.square().sum().backward()
+        assert info.forward.all_converged and info.backward.all_converged
+        grads.append((z.detach(), cell.W.grad, cell.U.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+
+
+def test_graphed_names_an_f_that_synchronises():
+    p = zoo.by_name("linear_slow").to("cuda")
+
+    def f(z):
+        if float(z.abs().max()) > 1e30:  # a host read: not allowed in a recorded graph
+            raise AssertionError
+        return p.f(z)
+
+    with pytest.raises(RuntimeError, match="recording 5 steps of 'anderson'"):
+        solve(f, p.z0, Graphed("anderson", steps=5), tol=p.tol, max_iter=400)

@@ -22,6 +22,7 @@ from deqkit.solvers import (
     Anderson,
     Broyden,
     Evaluator,
+    Graphed,
     NewtonKrylov,
     Picard,
     Solver,
@@ -976,8 +977,10 @@ def test_only_the_loop_sets_the_active_mask(monkeypatch):
 
     monkeypatch.setattr(Evaluator, "__setattr__", spy)
     # Newton's inner iterations and line search end at different times per sample here.
+    # Graphed runs the loop's steps in chunks (through the loop's own run_steps).
+    graphed = (Graphed("anderson", steps=3), Graphed("picard", steps=2))
     for name in ("mixed_tanh", "linear_plain_diverges", "pressure_network", "nan_map"):
-        for method in METHODS:
+        for method in (*METHODS, *graphed):
             solve_problem(zoo.by_name(name), method)
     assert origins == {"deqkit.solvers._loop"}
 

@@ -146,6 +146,15 @@ def _environment(config: BenchConfig) -> dict[str, Any]:
     }
 
 
+def _variant(config: BenchConfig) -> str:
+    """How deqkit's solvers ran, where not as the defaults."""
+    if config.native:
+        return f"; deqkit anderson native=True, history {config.history}"
+    if config.graph is not None:
+        return f"; deqkit anderson and picard as Graphed(steps={config.graph})"
+    return ""
+
+
 def write_report(
     rows: Sequence[Row],
     targets: Sequence[str],
@@ -190,7 +199,9 @@ def write_report(
         "",
         ", ".join(f"{k} {v}" for k, v in env.items())
         + f"; rel. tol {config.tol:g}, max_iter {config.max_iter}, {config.clock} clock, "
-        f"median of {config.repeats} interleaved timed runs after an instrumented warm-up run.",
+        f"median of {config.repeats} interleaved timed runs after an instrumented warm-up run"
+        + _variant(config)
+        + ".",
         "",
         "## Problems",
         "",

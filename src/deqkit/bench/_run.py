@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._validate import choice, integer, real
-from ..solvers import Anderson, available, solve
+from ..solvers import Anderson, Graphed, available, solve
 from ..testing import TanhProblem as Problem
 from ..testing import TanhSpec as ProblemSpec
 from ..testing import benchmark_problems as default_problems
@@ -77,6 +77,10 @@ class BenchConfig:
         history: With ``native``, the dtype of Anderson's history rings: ``"state"`` (the
             state's, float32) or ``"bfloat16"`` (``Anderson(history_dtype=torch.bfloat16)``).
             Default ``"state"``.
+        graph: Run deqkit's ``"anderson"`` and ``"picard"`` as
+            ``Graphed(method, steps=graph)``: chunks of ``graph`` steps with no host read
+            inside, each chunk one CUDA graph replay on a GPU (on the CPU the chunks run
+            eagerly). Its rows keep the solvers' names. ``None`` (default): the loop.
 
     Raises:
         ValueError: on an invalid field (the message names it and the valid values).
@@ -96,6 +100,7 @@ class BenchConfig:
     clock: str = "wall"
     native: bool = False
     history: str = "state"
+    graph: int | None = None
 
     def __post_init__(self):
         if not self.problems or not all(isinstance(p, ProblemSpec) for p in self.problems):
@@ -131,6 +136,12 @@ class BenchConfig:
             raise ValueError(
                 f"Invalid history: {self.history!r} without native (the eager step keeps its "
                 "history in the state's dtype; expected native=True or history='state')"
+            )
+        integer("graph", self.graph, 1, optional=True)
+        if self.graph is not None and self.native:
+            raise ValueError(
+                f"Invalid graph: {self.graph!r} with native=True (the native solve is CPU "
+                "code of its own; expected one of them)"
             )
         if self.clock == "cpu" and device.type != "cpu":
             raise ValueError(
@@ -266,10 +277,17 @@ _Runner = Callable[[Callable[[Tensor], Tensor], Tensor], tuple[Tensor, Tensor, T
 
 
 def _ours(
-    method: str, tol: float, max_iter: int, native: bool = False, history: str = "state"
+    method: str,
+    tol: float,
+    max_iter: int,
+    native: bool = False,
+    history: str = "state",
+    graph: int | None = None,
 ) -> _Runner:
     if native and method == "anderson":
         method = Anderson(native=True, history_dtype=HISTORIES[history])
+    if graph is not None and method in ("anderson", "picard"):
+        method = Graphed(method, steps=graph)
 
     def run(f: Callable[[Tensor], Tensor], z0: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         r = solve(f, z0, method, tol=tol, stop="rel", max_iter=max_iter)
@@ -321,7 +339,11 @@ def run_solver_benchmark(config: BenchConfig) -> list[Row]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Invalid device: {config.device!r} (CUDA is not available)")
     entrants: list[tuple[str, str, _Runner]] = [
-        (OURS, m, _ours(m, config.tol, config.max_iter, config.native, config.history))
+        (
+            OURS,
+            m,
+            _ours(m, config.tol, config.max_iter, config.native, config.history, config.graph),
+        )
         for m in config.ours
     ]
     if config.include_torchdeq:

@@ -32,6 +32,7 @@ def _cmd_solve_bench(args: argparse.Namespace) -> int:
         clock=args.clock,
         native=args.native,
         history=args.history,
+        graph=args.graph,
     )
     rows = bench.run_solver_benchmark(config)
     targets = bench.check_targets(rows) + bench.check_limit_targets(rows)
@@ -111,6 +112,15 @@ def add_solve_bench(sub) -> None:
         help="with --native, the dtype anderson's history is stored in: %(choices)s; "
         "bfloat16 halves the history's memory traffic, residuals stay exact "
         "(default: %(default)s, the state's float32)",
+    )
+    p.add_argument(
+        "--graph",
+        type=positive_int,
+        default=None,
+        metavar="STEPS",
+        help="run deqkit's anderson and picard as Graphed(method, steps=STEPS): STEPS steps "
+        "per host read, each chunk one CUDA graph replay on a GPU (eager chunks on the CPU) "
+        "(default: the loop, one host read per step on a GPU)",
     )
     p.add_argument(
         "--no-progress",

@@ -10,7 +10,9 @@ unrolled backward, :func:`deqkit.analysis.compute_curve`): :func:`run` is the lo
 :func:`solve` without its argument checks and without ``no_grad`` (so autograd can record
 through it), with a per-step callback; :func:`check_budget` is the check of ``tol``,
 ``stop`` and ``max_iter`` that :func:`solve` applies, to call before :func:`run`, and
-:func:`all_finite` its check that ``z0`` is finite.
+:func:`all_finite` its check that ``z0`` is finite; :func:`run_steps` is the loop's step
+under the accelerator policy (no host read), for a :meth:`Solver.fused` that drives the
+steps itself, as :class:`Graphed` does to record them as a CUDA graph.
 """
 
 from ._anderson import Anderson
@@ -25,7 +27,8 @@ from ._core import (
     all_finite,
     where_active,
 )
-from ._loop import available, check_budget, register, resolve, run, solve
+from ._graphed import Graphed
+from ._loop import available, check_budget, register, resolve, run, run_steps, solve
 from ._newton import NewtonKrylov
 from ._picard import Picard
 
@@ -35,6 +38,7 @@ for _name, _cls in (
     ("anderson", Anderson),
     ("broyden", Broyden),
     ("newton", NewtonKrylov),
+    ("graphed", Graphed),
 ):
     register(_name, _cls)
 
@@ -42,6 +46,7 @@ __all__ = [
     "Anderson",
     "Broyden",
     "Evaluator",
+    "Graphed",
     "NewtonKrylov",
     "Picard",
     "Point",
@@ -55,6 +60,7 @@ __all__ = [
     "register",
     "resolve",
     "run",
+    "run_steps",
     "solve",
     "where_active",
 ]

@@ -176,6 +176,7 @@ class Anderson(Solver):
     native: bool = False
     history_dtype: torch.dtype | str | None = None
     name = "anderson"
+    capturable = True  # no host read under the accelerator policy, fixed shapes
 
     def __post_init__(self):
         of = self.name

@@ -359,11 +359,16 @@ class Solver:
 
     Capabilities are declared here, not found by ``isinstance``: ``differentiable_steps`` says
     whether autograd through :meth:`step` gives the derivative of the iteration (the unrolled
-    gradient of :class:`deqkit.DEQ` needs it).
+    gradient of :class:`deqkit.DEQ` needs it); ``capturable`` says that where
+    ``ev.host_checks_free`` is False its :meth:`step` reads nothing on the host and returns a
+    state of the same structure, tensor shapes and dtypes as it was given, so that a fixed
+    number of steps can be recorded once and replayed (:class:`deqkit.solvers.Graphed`, CUDA
+    graphs).
     """
 
     name: str = "solver"
     differentiable_steps: ClassVar[bool] = True
+    capturable: ClassVar[bool] = False
 
     def init(self, ev: Evaluator, p: Point, active: Tensor) -> Any:
         """Return the solver state for the starting point ``p`` (default: no state).
@@ -380,7 +385,7 @@ class Solver:
         runs the shared loop with :meth:`init` and :meth:`step`.
 
         The loop offers it only where nothing is asked of the steps in between: no trace,
-        no iterates, no ``on_step``, autograd off, host checks free (the CPU).
+        no iterates, no ``on_step``, autograd off; on any device.
 
         Args:
             ev: The evaluator (:meth:`Evaluator.evaluate` evaluates ``f`` without counting).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,7 +13,7 @@ from torch import Tensor
 from .._validate import choice, integer, real
 from ._core import Evaluator, Point, Solver, SolveResult, Status, all_finite, where_active
 
-__all__ = ["available", "check_budget", "register", "resolve", "run", "solve"]
+__all__ = ["available", "check_budget", "register", "resolve", "run", "run_steps", "solve"]
 
 _REGISTRY: dict[str, type[Solver]] = {}
 
@@ -239,7 +240,7 @@ def run(
     iterates = [p.z] if record_iterates else None
     if on_step is not None:
         on_step(0, p.z, p.res, best_z, best_res)
-    elif free and trace is None and iterates is None and not torch.is_grad_enabled():
+    elif trace is None and iterates is None and not torch.is_grad_enabled():
         fused = solver.fused(ev, p, active, failed, tol)
         if fused is not None:
             best_z, best_res, nfev, failed = fused
@@ -298,23 +299,9 @@ def run(
                 if count is None:
                     still &= ev.nfev < max_iter
         else:
-            take = active if accept is None else active & accept
-            bad = take & ~torch.isfinite(q.gnorm)
-            failed |= bad
-            take = take & ~bad
-            # Where every running sample took its step (checked for free on the CPU), q is
-            # the new point for all, as above.
-            if free and bool((take | ~active).all()):
-                p = q
-            else:
-                p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
-            better = take & (p.res < best_res)
-            if free and bool(better.all()):
-                best_z, best_res = p.z, p.res
-            else:
-                best_z = where_active(better, p.z, best_z)
-                best_res = torch.where(better, p.res, best_res)
-            still = active & ~bad & (p.res > tol) & (ev.nfev < max_iter)
+            p, best_z, best_res, still = _advance(
+                q, accept, p, active, failed, best_z, best_res, ev.nfev, tol, max_iter, free
+            )
         if trace is not None:
             trace.append(torch.where(active, p.res, torch.nan))
         if iterates is not None:
@@ -340,6 +327,88 @@ def run(
         tol,
         max_iter,
     )
+
+
+def run_steps(
+    ev: Evaluator,
+    solver: Solver,
+    p: Point,
+    best_z: Tensor,
+    best_res: Tensor,
+    active: Tensor,
+    failed: Tensor,
+    state: Any,
+    n: int,
+    tol: float,
+) -> tuple[Point, Tensor, Tensor, Tensor, Any]:
+    """``n`` steps of the shared loop under the accelerator policy: nothing is read on the
+    host, so the ``n`` steps can be recorded once and replayed (a CUDA graph).
+
+    Part of the extension API, for a :meth:`Solver.fused` that drives the steps itself
+    (:class:`~deqkit.solvers.Graphed`). Each step is the loop's: ``solver.step`` for the
+    samples in ``active``, then per sample: the proposal is taken where accepted unless it
+    is non-finite (the sample is then marked in ``failed``, in place, and stops), the best
+    iterate is kept, and the sample stops once ``res <= tol`` or its evaluations reach
+    ``ev.max_iter``. Unlike :func:`run` it does not stop when every sample has: the steps
+    left then evaluate ``f`` on the frozen batch and charge no sample.
+
+    Args:
+        ev: The evaluator, with ``ev.host_checks_free`` False.
+        solver: The solver; ``state`` is its state.
+        p: The current point. best_z, best_res: ``[B, n]``, ``[B]`` each sample's best
+            iterate and its residual. active, failed: ``[B]`` bool.
+        state: The solver's state.
+        n: Steps to take, >= 0.
+        tol: The tolerance, under ``ev``'s criterion.
+
+    Returns:
+        ``(p, best_z, best_res, active, state)`` after the ``n`` steps.
+    """
+    for _ in range(n):
+        ev.set_active(active, False)
+        q, accept, state = solver.step(ev, p, active, state)
+        p, best_z, best_res, active = _advance(
+            q, accept, p, active, failed, best_z, best_res, ev.nfev, tol, ev.max_iter, False
+        )
+    ev.set_active(active, False)
+    return p, best_z, best_res, active, state
+
+
+def _advance(
+    q: Point,
+    accept: Tensor | None,
+    p: Point,
+    active: Tensor,
+    failed: Tensor,
+    best_z: Tensor,
+    best_res: Tensor,
+    nfev: Tensor,
+    tol: float,
+    max_iter: int,
+    free: bool,
+) -> tuple[Point, Tensor, Tensor, Tensor]:
+    """The loop's per-sample update after a step: the new point, best iterate and residual,
+    and which samples run on (``failed`` is updated in place). With ``free`` (the CPU) it
+    reads values on the host to skip the selects where a step changed every sample alike;
+    without, it reads nothing."""
+    take = active if accept is None else active & accept
+    bad = take & ~torch.isfinite(q.gnorm)
+    failed |= bad
+    take = take & ~bad
+    # Where every running sample took its step (checked for free on the CPU), q is the new
+    # point for all: a stopped sample's proposal is its own z (the solver contract).
+    if free and bool((take | ~active).all()):
+        p = q
+    else:
+        p = Point(*(where_active(take, a, b) for a, b in zip(q, p, strict=True)))
+    better = take & (p.res < best_res)
+    if free and bool(better.all()):
+        best_z, best_res = p.z, p.res
+    else:
+        best_z = where_active(better, p.z, best_z)
+        best_res = torch.where(better, p.res, best_res)
+    still = active & ~bad & (p.res > tol) & (nfev < max_iter)
+    return p, best_z, best_res, still
 
 
 def _result(z0, solver, best_z, best_res, nfev, failed, trace, iterates, stop, tol, max_iter):

@@ -26,6 +26,7 @@ class Picard(Solver):
 
     beta: float = 1.0
     name = "picard"
+    capturable = True  # no host read under the accelerator policy, fixed shapes
 
     def __post_init__(self):
         assign(self, beta=real("beta", self.beta, 0.0, 2.0, low_open=True, of=self.name))

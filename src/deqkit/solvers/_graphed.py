@@ -1,0 +1,207 @@
+"""Another solver's steps in fixed chunks with no host read inside; one CUDA graph per chunk."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .._validate import assign, integer
+from ._core import Evaluator, Point, Solver
+from ._loop import resolve, run_steps
+
+__all__ = ["Graphed"]
+
+
+@dataclass(frozen=True)
+class Graphed(Solver):
+    r"""Run another solver's steps ``steps`` at a time, each chunk one CUDA graph replay.
+
+    On an accelerator the shared loop asks "is any sample still running?" before every
+    step, so that ``f`` never runs once every sample has stopped; that read makes the host
+    wait for the device once per step, and every step's 20-60 small kernels are launched
+    one by one from Python. Where the batch's shapes are fixed and ``f`` can be recorded
+    (no host synchronisation inside it), ``Graphed`` records ``steps`` steps of ``solver``,
+    together with the loop's per-sample update (acceptance, non-finite samples, the best
+    iterate, per-sample stopping and counts), as one CUDA graph, and replays it:
+
+    .. math::
+
+        \text{one host read and one graph launch per } k = \texttt{steps}
+        \text{ evaluations, instead of one read and } 20\text{-}60 \text{ launches per one.}
+
+    The graph is recorded once per solve, after one chunk run eagerly on a side stream
+    (the warm-up CUDA graphs need, which is also the solve's first chunk), and replayed
+    for every later chunk. A budget that is not a multiple of ``steps`` ends with an eager
+    chunk of the steps left.
+
+    What it gives: the iterates, statuses and per-sample evaluation counts of ``solver``
+    run by the shared loop under the accelerator policy (no host read inside a step), bit
+    for bit, on every device. What it costs: after the last sample stops, the rest of its
+    chunk still evaluates ``f`` on the (frozen) batch, up to ``steps - 1`` evaluations
+    charged to no sample; choose ``steps`` below the typical solve's evaluations. Since
+    replays do not run Python, ``f``'s Python code runs only while a chunk is run eagerly
+    or recorded: an ``f`` with side effects in Python (counters, prints, asserts on values)
+    sees only those calls.
+
+    On the CPU (no graphs) the same chunks run eagerly, step by step: the same iterates
+    as on the GPU, to check a configuration there; it is not faster than ``solver`` alone.
+
+    Args:
+        solver: The solver whose steps run, a :class:`Solver` with ``capturable = True``
+            (:class:`Picard`, :class:`Anderson` with ``native=False``) or its name.
+            Default ``"anderson"``.
+        steps: Steps per chunk (per host read and graph replay), >= 1. Default ``8``.
+
+    Raises:
+        ValueError: a solver that cannot be recorded (Broyden's buffers grow with the
+            solve, Newton-Krylov reads its line search on the host, Anderson's native solve
+            is CPU code of its own), or ``steps < 1``.
+        RuntimeError: recording failed on the GPU (``f`` or a step synchronised with the
+            host); the message says what to change.
+    """
+
+    solver: Solver | str = "anderson"
+    steps: int = 8
+    name = "graphed"
+    differentiable_steps: ClassVar[bool] = False
+
+    def __post_init__(self):
+        of = self.name
+        inner = resolve(self.solver) if isinstance(self.solver, str) else self.solver
+        if not isinstance(inner, Solver):
+            raise TypeError(
+                f"{of}: solver must be a solver name or a Solver instance, "
+                f"got {type(inner).__name__}"
+            )
+        if not inner.capturable or getattr(inner, "native", False):
+            why = (
+                "its native solve is CPU code of its own; use native=False"
+                if getattr(inner, "native", False)
+                else "its steps read values on the host or change their shapes from step to step"
+            )
+            raise ValueError(
+                f"{of}: solver {inner.name!r} cannot be recorded as a graph ({why}); "
+                "capturable solvers: picard, anderson"
+            )
+        assign(self, solver=inner, steps=integer("steps", self.steps, 1, of=of))
+
+    def fused(self, ev: Evaluator, p: Point, active: Tensor, failed: Tensor, tol: float):
+        """The solve in chunks of ``steps`` steps; ``(best_z, best_res, nfev, failed)``."""
+        inner = self.solver
+        ev.host_checks_free = False  # the accelerator policy on every device
+        nfev = ev.nfev  # counts the evaluation at z0 into the tensor the steps add to
+        p = Point(*(t.clone() for t in p))
+        # Everything a chunk reads and writes, in tensors made once: a chunk ends by
+        # copying its results into them, so that a recording of it can be replayed.
+        carry = (p, p.z.clone(), p.res.clone(), active.clone(), failed.clone())
+        carry = (*carry, inner.init(ev, p, active))
+        leaves, spec = _flatten(carry)
+        rebuild = _rebuilder(carry)
+        cuda = p.z.device.type == "cuda"
+
+        def chunk(n: int) -> None:
+            q_p, best_z, best_res, act, fail, state = rebuild(leaves)
+            q_p, best_z, best_res, act, state = run_steps(
+                ev, inner, q_p, best_z, best_res, act, fail, state, n, tol
+            )
+            out, out_spec = _flatten((q_p, best_z, best_res, act, fail, state))
+            if out_spec != spec:
+                raise RuntimeError(
+                    f"{self.name}: the state of {inner.name!r} changed its structure, shapes "
+                    "or dtypes over a step; a capturable solver must keep them"
+                )
+            _write_back(leaves, out)
+
+        budget = ev.max_iter - 1  # steps the loop may take
+        done, warm, graph = 0, False, None
+        running = carry[3]
+        while done < budget and bool(running.any()):
+            n = min(self.steps, budget - done)
+            if not cuda or n < self.steps:
+                chunk(n)
+            elif not warm:  # CUDA graphs want the work run once before it is recorded
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    chunk(n)
+                torch.cuda.current_stream().wait_stream(side)
+                warm = True
+            elif graph is None:
+                graph = _record(chunk, n, self.name, inner.name)
+            else:
+                graph.replay()
+            done += n
+        return carry[1], carry[2], nfev, carry[4]
+
+
+def _record(chunk: Callable[[int], None], n: int, name: str, inner: str) -> Any:
+    """Record a chunk of ``n`` steps as a CUDA graph and replay it once (recording runs
+    nothing). Returns the graph."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            chunk(n)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"{name}: recording {n} steps of {inner!r} as a CUDA graph failed ({err}). f "
+            "must not synchronise with the host (no .item(), bool(tensor), printing or "
+            "indexing by a boolean mask, no CPU tensors) and must keep its shapes; "
+            f"otherwise solve with {inner!r} alone"
+        ) from err
+    graph.replay()
+    return graph
+
+
+def _flatten(obj: Any) -> tuple[list[Tensor], tuple]:
+    """The tensors of a nest of tuples, named tuples and dataclasses, in order, and a
+    description of the rest (types, non-tensor values, tensor shapes and dtypes)."""
+    leaves: list[Tensor] = []
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, Tensor):
+            leaves.append(o)
+            return ("tensor", tuple(o.shape), o.dtype)
+        if isinstance(o, tuple):
+            return (type(o).__name__, tuple(walk(x) for x in o))
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            fields = dataclasses.fields(o)
+            return (type(o).__name__, tuple((f.name, walk(getattr(o, f.name))) for f in fields))
+        if o is None or isinstance(o, (bool, int, float, str)):
+            return o
+        return ("object", id(o))  # shared constants: the same object or a different state
+
+    return leaves, walk(obj)
+
+
+def _rebuilder(obj: Any) -> Callable[[list[Tensor]], Any]:
+    """A function that rebuilds ``obj``'s structure around a list of tensors, in the order
+    of :func:`_flatten` (dataclasses by ``dataclasses.replace``, so ``obj`` is untouched)."""
+
+    def build(o: Any, it) -> Any:
+        if isinstance(o, Tensor):
+            return next(it)
+        if isinstance(o, tuple):
+            items = [build(x, it) for x in o]
+            return type(o)(*items) if hasattr(o, "_fields") else tuple(items)
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            values = {f.name: build(getattr(o, f.name), it) for f in dataclasses.fields(o)}
+            return dataclasses.replace(o, **values)
+        return o
+
+    return lambda leaves: build(obj, iter(leaves))
+
+
+def _write_back(static: list[Tensor], new: list[Tensor]) -> None:
+    """Copy each new tensor into its static twin (where a step replaced it). A new tensor
+    that shares memory with a static one is copied first, so no write reads a value an
+    earlier write of the same pass has changed."""
+    ptrs = {s.untyped_storage().data_ptr() for s in static}
+    pairs = [(s, t) for s, t in zip(static, new, strict=True) if t is not s]
+    pairs = [(s, t.clone() if t.untyped_storage().data_ptr() in ptrs else t) for s, t in pairs]
+    for s, t in pairs:
+        s.copy_(t)
