@@ -108,6 +108,19 @@ def test_a_solve_whose_start_has_converged_takes_no_step():
     assert r.all_converged and g.calls == 1
 
 
+def test_a_solve_that_records_its_steps_runs_them_through_the_loop():
+    """A trace or iterates need every step seen by the loop: the inner solver's steps run
+    there, unrecorded, with the same result."""
+    p = zoo.by_name("mixed_tanh")
+    plain = solve(p.f, p.z0, "anderson", record_trace=True, record_iterates=True, **_budget(p))
+    graphed = solve(
+        p.f, p.z0, Graphed("anderson"), record_trace=True, record_iterates=True, **_budget(p)
+    )
+    _equal(graphed, plain)
+    assert torch.equal(graphed.trace.nan_to_num(-1), plain.trace.nan_to_num(-1))
+    assert torch.equal(graphed.iterates, plain.iterates)
+
+
 def test_by_name_and_with_options():
     p = zoo.by_name("mixed_tanh")
     r = solve(p.f, p.z0, "graphed", solver=Anderson(m=3), steps=4, **_budget(p))

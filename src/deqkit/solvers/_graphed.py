@@ -37,7 +37,9 @@ class Graphed(Solver):
     The graph is recorded once per solve, after one chunk run eagerly on a side stream
     (the warm-up CUDA graphs need, which is also the solve's first chunk), and replayed
     for every later chunk. A budget that is not a multiple of ``steps`` ends with an eager
-    chunk of the steps left.
+    chunk of the steps left. Recording costs about as much as a few chunks, and is not
+    reused between solves (``f`` may close over new inputs), so it can pay only in solves
+    of many chunks.
 
     What it gives: the iterates, statuses and per-sample evaluation counts of ``solver``
     run by the shared loop under the accelerator policy (no host read inside a step), bit
@@ -50,6 +52,9 @@ class Graphed(Solver):
 
     On the CPU (no graphs) the same chunks run eagerly, step by step: the same iterates
     as on the GPU, to check a configuration there; it is not faster than ``solver`` alone.
+    Where the loop must see every step (``record_trace``, ``record_iterates``, an
+    ``on_step`` callback, or autograd recording), it runs ``solver``'s steps itself,
+    unrecorded.
 
     Args:
         solver: The solver whose steps run, a :class:`Solver` with ``capturable = True``
@@ -89,6 +94,15 @@ class Graphed(Solver):
                 "capturable solvers: picard, anderson"
             )
         assign(self, solver=inner, steps=integer("steps", self.steps, 1, of=of))
+
+    def init(self, ev: Evaluator, p: Point, active: Tensor) -> Any:
+        """The inner solver's state: where the loop runs the steps itself (a trace,
+        iterates, ``on_step`` or autograd asked for), they are the inner solver's, unrecorded."""
+        return self.solver.init(ev, p, active)
+
+    def step(self, ev: Evaluator, p: Point, active: Tensor, state: Any):
+        """The inner solver's step (see :meth:`init`)."""
+        return self.solver.step(ev, p, active, state)
 
     def fused(self, ev: Evaluator, p: Point, active: Tensor, failed: Tensor, tol: float):
         """The solve in chunks of ``steps`` steps; ``(best_z, best_res, nfev, failed)``."""
@@ -148,10 +162,10 @@ def _record(chunk: Callable[[int], None], n: int, name: str, inner: str) -> Any:
             chunk(n)
     except RuntimeError as err:
         raise RuntimeError(
-            f"{name}: recording {n} steps of {inner!r} as a CUDA graph failed ({err}). f "
-            "must not synchronise with the host (no .item(), bool(tensor), printing or "
-            "indexing by a boolean mask, no CPU tensors) and must keep its shapes; "
-            f"otherwise solve with {inner!r} alone"
+            f"{name}: recording {n} steps of {inner!r} as a CUDA graph failed ({err}). "
+            "Neither f nor the step may synchronise with the host (no .item(), "
+            "bool(tensor), printing or indexing by a boolean mask, no CPU tensors), and f "
+            f"must keep its shapes; otherwise solve with {inner!r} alone"
         ) from err
     graph.replay()
     return graph
