@@ -127,6 +127,8 @@ def test_by_name_and_with_options():
     _equal(r, solve(p.f, p.z0, Anderson(m=3), **_budget(p)))
     assert r.method == "graphed"
     assert resolve("graphed", {"solver": "picard"}).solver == Picard()
+    spec = {"solver": {"name": "anderson", "m": 3, "beta": 0.8}, "steps": 2}
+    assert resolve("graphed", spec) == Graphed(Anderson(m=3, beta=0.8), steps=2)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +154,10 @@ def test_bad_arguments_are_named():
         Graphed("andersen")
     with pytest.raises(ValueError, match="cannot be recorded"):
         Graphed(Graphed("picard"))
+    with pytest.raises(TypeError, match="under 'name'"):
+        Graphed({"m": 3})
+    with pytest.raises(TypeError, match="unknown option"):
+        Graphed({"name": "anderson", "memory": 3})
 
 
 @dataclass(frozen=True)

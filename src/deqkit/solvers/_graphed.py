@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,8 +58,10 @@ class Graphed(Solver):
 
     Args:
         solver: The solver whose steps run, a :class:`Solver` with ``capturable = True``
-            (:class:`Picard`, :class:`Anderson` with ``native=False``) or its name.
-            Default ``"anderson"``.
+            (:class:`Picard`, :class:`Anderson` with ``native=False``), its name, or a
+            mapping of its name and options (``{"name": "anderson", "m": 8}``, for TOML and
+            JSON configs: ``solver = "graphed"``, ``solver_options = {solver = {name =
+            "anderson", m = 8}, steps = 8}``). Default ``"anderson"``.
         steps: Steps per chunk (per host read and graph replay), >= 1. Default ``8``.
 
     Raises:
@@ -70,14 +72,24 @@ class Graphed(Solver):
             host); the message says what to change.
     """
 
-    solver: Solver | str = "anderson"
+    solver: Solver | str | Mapping[str, Any] = "anderson"
     steps: int = 8
     name = "graphed"
     differentiable_steps: ClassVar[bool] = False
 
     def __post_init__(self):
         of = self.name
-        inner = resolve(self.solver) if isinstance(self.solver, str) else self.solver
+        inner = self.solver
+        if isinstance(inner, str):
+            inner = resolve(inner)
+        elif isinstance(inner, Mapping):  # a config's {name = "anderson", m = 8}
+            spec = dict(inner)
+            if not isinstance(spec.get("name"), str):
+                raise TypeError(
+                    f"{of}: a solver given as a mapping needs its method name under 'name', "
+                    f"got {inner!r}"
+                )
+            inner = resolve(spec.pop("name"), spec)
         if not isinstance(inner, Solver):
             raise TypeError(
                 f"{of}: solver must be a solver name or a Solver instance, "
