@@ -18,6 +18,8 @@ from deqkit import DEQ, Implicit, Phantom, solve
 from deqkit import testing as zoo
 from deqkit.solvers import Anderson, Broyden, Graphed, NewtonKrylov, Picard, Solver, resolve
 from deqkit.solvers import _loop as solver_loop
+from deqkit.solvers._anderson import _triangular_solves
+from deqkit.solvers._graphed import _in_backward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -215,3 +217,39 @@ def test_the_unrolled_gradient_refuses_a_graphed_solver():
     lin, _ = _layer()
     with pytest.raises(ValueError, match="graphed"):
         DEQ(lambda z, x: torch.tanh(lin(z) + x), solver=Graphed("anderson"), backward="unrolled")
+
+
+def test_the_accelerators_small_solve_equals_lapacks():
+    """Off the CPU, Anderson solves its m x m systems by two batched triangular solves
+    (torch's batched CUDA cholesky_solve calls MAGMA, which synchronises): the same
+    weights as LAPACK's cholesky_solve, checked here on the CPU."""
+    gen = torch.Generator().manual_seed(0)
+    for m in (1, 3, 5, 8):
+        X = torch.randn(16, m, m, generator=gen, dtype=D)
+        A = X @ X.mT + 1e-3 * torch.eye(m, dtype=D)
+        chol, info = torch.linalg.cholesky_ex(A)
+        assert not info.any()
+        rhs = torch.randn(16, m, 1, generator=gen, dtype=D)
+        torch.testing.assert_close(
+            _triangular_solves(rhs, chol), torch.cholesky_solve(rhs, chol), rtol=1e-10, atol=0
+        )
+
+
+def test_recording_is_skipped_inside_a_backward_pass():
+    """The implicit gradient's adjoint solve runs inside autograd's backward pass, where
+    f's vector-Jacobian products cannot be recorded: Graphed knows where it is."""
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(_in_backward())
+            return g
+
+    x = torch.ones(2, requires_grad=True)
+    Probe.apply(x).sum().backward()
+    assert seen == [True] and not _in_backward()

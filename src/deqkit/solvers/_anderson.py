@@ -296,7 +296,7 @@ class Anderson(Solver):
         else:
             rhs = h.rhs if uniform else torch.where(h.consts.cols < count[:, None], h.rhs, 0.0)
             chol, info = torch.linalg.cholesky_ex(h.A)
-            gamma = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+            gamma = _cholesky_solve(rhs[..., None], chol)[..., 0]
             weight = torch.linalg.vector_norm(gamma, dim=-1)
             # On the uniform path two host reads replace the per-sample mask (NaN fails <=).
             if uniform and (
@@ -341,7 +341,7 @@ class Anderson(Solver):
         selects everything left out, so the iterates are the same; it hands over to the
         per-sample path, as the general path does, where a sample fails or is rejected."""
         chol, info = torch.linalg.cholesky_ex(h.A)
-        gamma = torch.cholesky_solve(h.rhs_col, chol)  # [B, m, 1]
+        gamma = _cholesky_solve(h.rhs_col, chol)  # [B, m, 1]
         failed = None
         # Two host reads replace the per-sample checks. The norm of the whole batch's
         # weights bounds every sample's, so below the bound (with room for rounding) no
@@ -462,6 +462,27 @@ class Anderson(Solver):
         h.accepted = torch.where(accept, accepted + 1, accepted * ~reset)
         h.D, h.dG, h.A, h.rhs = D, dG, A, both[:, 1]
         return h
+
+
+def _cholesky_solve(rhs: Tensor, chol: Tensor) -> Tensor:
+    """``A^{-1} rhs`` from the lower Cholesky factor ``chol`` of ``A`` (``[B, m, m]``).
+
+    On the CPU LAPACK's ``cholesky_solve``. Elsewhere two batched triangular solves: for a
+    batch of more than one matrix torch's CUDA ``cholesky_solve`` calls MAGMA, whose batched
+    solve allocates device memory and waits for the device on every call, a host
+    synchronisation per step that CUDA graphs cannot record either; cuBLAS's batched
+    triangular solves do neither. (Their sums may round differently from LAPACK's, so the
+    CPU keeps LAPACK: every result computed there so far came from it.)
+    """
+    if chol.device.type == "cpu":
+        return torch.cholesky_solve(rhs, chol)
+    return _triangular_solves(rhs, chol)
+
+
+def _triangular_solves(rhs: Tensor, chol: Tensor) -> Tensor:
+    """``(L L^T)^{-1} rhs`` as ``L^{-T} (L^{-1} rhs)``, for :func:`_cholesky_solve`."""
+    y = torch.linalg.solve_triangular(chol, rhs, upper=False)
+    return torch.linalg.solve_triangular(chol.mT, y, upper=True)
 
 
 _TINY = torch.finfo(torch.float64).tiny

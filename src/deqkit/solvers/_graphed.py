@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ class Graphed(Solver):
 
     The graph is recorded once per solve, after one chunk run eagerly on a side stream
     (the warm-up CUDA graphs need, which is also the solve's first chunk), and replayed
-    for every later chunk. A budget that is not a multiple of ``steps`` ends with an eager
+    for every later chunk; inside a backward pass (the implicit gradient's adjoint solve,
+    whose vector-Jacobian products run on the stream of their forward pass) the chunks run
+    unrecorded. A budget that is not a multiple of ``steps`` ends with an eager
     chunk of the steps left. Recording costs about as much as a few chunks, and is not
     reused between solves (``f`` may close over new inputs), so it can pay only in solves
     of many chunks.
@@ -128,7 +131,6 @@ class Graphed(Solver):
         carry = (*carry, inner.init(ev, p, active))
         leaves, spec = _flatten(carry)
         rebuild = _rebuilder(carry)
-        cuda = p.z.device.type == "cuda"
 
         def chunk(n: int) -> None:
             q_p, best_z, best_res, act, fail, state = rebuild(leaves)
@@ -143,41 +145,68 @@ class Graphed(Solver):
                 )
             _write_back(leaves, out)
 
+        # Inside a backward pass (the implicit gradient's adjoint solve) f's vector-Jacobian
+        # products run on the stream of their forward, outside any recording: unrecorded.
+        record = p.z.device.type == "cuda" and not _in_backward()
         budget = ev.max_iter - 1  # steps the loop may take
         done, warm, graph = 0, False, None
         running = carry[3]
-        while done < budget and bool(running.any()):
-            n = min(self.steps, budget - done)
-            if not cuda or n < self.steps:
-                chunk(n)
-            elif not warm:  # CUDA graphs want the work run once before it is recorded
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
+        with torch.cuda.device(p.z.device) if record else contextlib.nullcontext():
+            while done < budget and bool(running.any()):
+                n = min(self.steps, budget - done)
+                if not record or n < self.steps:
                     chunk(n)
-                torch.cuda.current_stream().wait_stream(side)
-                warm = True
-            elif graph is None:
-                graph = _record(chunk, n, self.name, inner.name)
-            else:
-                graph.replay()
-            done += n
+                elif not warm:  # CUDA graphs want the work run once before it is recorded
+                    side = _streams(p.z.device)[0]
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):
+                        chunk(n)
+                    torch.cuda.current_stream().wait_stream(side)
+                    warm = True
+                elif graph is None:
+                    graph = _record(chunk, n, p.z.device, self.name, inner.name)
+                else:
+                    graph.replay()
+                done += n
         return carry[1], carry[2], nfev, carry[4]
 
 
-def _record(chunk: Callable[[int], None], n: int, name: str, inner: str) -> Any:
-    """Record a chunk of ``n`` steps as a CUDA graph and replay it once (recording runs
-    nothing). Returns the graph."""
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass in this thread (torch's id of the
+    running backward pass, -1 outside one)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+_STREAMS: dict[torch.device, tuple[Any, Any]] = {}
+
+
+def _streams(device: torch.device) -> tuple[Any, Any]:
+    """A side stream for the warm-up and one to record on, per device, made once (each
+    stream gets its own cuBLAS workspace)."""
+    if device not in _STREAMS:
+        _STREAMS[device] = (torch.cuda.Stream(device), torch.cuda.Stream(device))
+    return _STREAMS[device]
+
+
+def _record(chunk: Callable[[int], None], n: int, device, name: str, inner: str) -> Any:
+    """Record a chunk of ``n`` steps as a CUDA graph on ``device`` and replay it once
+    (recording runs nothing). Returns the graph."""
     graph = torch.cuda.CUDAGraph()
+    stream = _streams(device)[1]
+    current = torch.cuda.current_stream(device)
     try:
-        with torch.cuda.graph(graph):
+        # thread_local: another thread's CUDA calls (a data loader pinning memory) do not
+        # invalidate the recording.
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             chunk(n)
     except RuntimeError as err:
+        torch.cuda.set_stream(current)  # a failed end of capture can leave the stream set
         raise RuntimeError(
             f"{name}: recording {n} steps of {inner!r} as a CUDA graph failed ({err}). "
             "Neither f nor the step may synchronise with the host (no .item(), "
-            "bool(tensor), printing or indexing by a boolean mask, no CPU tensors), and f "
-            f"must keep its shapes; otherwise solve with {inner!r} alone"
+            "bool(tensor), printing or indexing by a boolean mask), copy from CPU memory "
+            f"or change its shapes; otherwise solve with {inner!r} alone"
         ) from err
     graph.replay()
     return graph
