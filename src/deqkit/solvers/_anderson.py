@@ -117,7 +117,9 @@ class Anderson(Solver):
        ``beta != 1`` costs no third pass.
     6. History is a preallocated ring per sample with its own length, so samples may reset
        independently; it is written in place (no allocation of history per step). Nothing
-       in the step synchronises with the host on an accelerator. On the CPU, where reading a
+       in the step synchronises with the host on an accelerator (there the ``m x m`` solve
+       is two batched triangular solves: torch's batched CUDA ``cholesky_solve`` calls
+       MAGMA, which waits for the device on every call). On the CPU, where reading a
        value is free, the step checks whether every sample accepted and none failed, and
        while that holds (the usual case) it skips every per-sample mask and select: all
        rings are then the same length and written at the same column with a plain slice.
