@@ -95,8 +95,8 @@ class Graphed(Solver):
             inner = resolve(spec.pop("name"), spec)
         if not isinstance(inner, Solver):
             raise TypeError(
-                f"{of}: solver must be a solver name or a Solver instance, "
-                f"got {type(inner).__name__}"
+                f"{of}: solver must be a solver name, a Solver instance or a mapping of a "
+                f"name and options, got {type(inner).__name__}"
             )
         if not inner.capturable or getattr(inner, "native", False):
             why = (
