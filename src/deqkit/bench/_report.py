@@ -199,9 +199,8 @@ def write_report(
         "",
         ", ".join(f"{k} {v}" for k, v in env.items())
         + f"; rel. tol {config.tol:g}, max_iter {config.max_iter}, {config.clock} clock, "
-        f"median of {config.repeats} interleaved timed runs after an instrumented warm-up run"
-        + _variant(config)
-        + ".",
+        f"median of {config.repeats} interleaved timed rounds (each a ~20 ms burst of runs) "
+        "after an instrumented warm-up run" + _variant(config) + ".",
         "",
         "## Problems",
         "",

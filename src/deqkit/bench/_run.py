@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 import statistics
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -322,7 +323,9 @@ def run_solver_benchmark(config: BenchConfig) -> list[Row]:
 
     Per problem: build it, run each solver once instrumented (residual of every call
     recorded; also the warm-up), then ``config.repeats`` interleaved rounds, each timing a
-    burst of evaluations of ``f`` alone and one run of every solver.
+    burst of evaluations of ``f`` alone and a burst of back-to-back runs of every solver
+    (about 20 ms each, at least one run: a 2 ms solve timed once per round moved by 10%
+    with what ran before it, while ``f``, timed in bursts, did not).
 
     Args:
         config: What to run.
@@ -366,6 +369,17 @@ def run_solver_benchmark(config: BenchConfig) -> list[Row]:
         torch.set_num_threads(threads)
 
 
+def _runs_per_burst(
+    run: _Runner, prob: Problem, device: torch.device, seconds: float = 0.02
+) -> int:
+    """How many back-to-back runs of a solver take about ``seconds`` (1 to 50)."""
+    sync(device)
+    t0 = time.perf_counter()
+    run(prob.f, prob.z0)
+    sync(device)
+    return max(1, min(50, int(seconds / max(time.perf_counter() - t0, 1e-7))))
+
+
 def _run_problem(
     spec: ProblemSpec,
     entrants: Sequence[tuple[str, str, _Runner]],
@@ -391,20 +405,24 @@ def _run_problem(
                 "evals": counted.calls if iterations is None else int(iterations.max()),
             }
         )
+    runs = [_runs_per_burst(run, prob, device) for _, _, run in entrants]
     times: list[list[float]] = [[] for _ in entrants]
     calls: list[int] = [0 for _ in entrants]
     f_times: list[float] = []
     for _ in range(config.repeats):
-        # f is timed alone in every round too, so the overhead compares like with like.
+        # f is timed alone in every round too, so the overhead compares like with like;
+        # both f and each solver in bursts, so that each is timed in the cache state it
+        # leaves itself.
         f_times.append(time_f(prob.f, fz0, device, burst, now))
         for i, (_, _, run) in enumerate(entrants):
             counted = _Counted(prob.f, record=False)
             sync(device)
             t0 = now()
-            run(counted, prob.z0)
+            for _ in range(runs[i]):
+                run(counted, prob.z0)
             sync(device)
-            times[i].append(now() - t0)
-            calls[i] = counted.calls
+            times[i].append((now() - t0) / runs[i])
+            calls[i] = counted.calls // runs[i]
     f_s = statistics.median(f_times)
     rows: list[Row] = []
     for (impl, name, _), rec, ts, n_calls in zip(entrants, first, times, calls, strict=True):

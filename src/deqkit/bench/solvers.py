@@ -23,7 +23,10 @@ How it measures:
 * A first, instrumented run of each solver records every call's per-sample residual (the
   convergence trace and "evaluations to tolerance"), and warms the code paths up. The timed
   runs that follow are interleaved (every solver once per round, ``repeats`` rounds), so slow
-  drift of the machine hits all solvers alike; the median is reported.
+  drift of the machine hits all solvers alike; the median is reported. In each round a
+  solver is timed over a burst of back-to-back runs of about 20 ms (at least one), as ``f``
+  is, so that a short solve is timed in the cache state it leaves itself, not in the one
+  the previous solver left.
 * The evaluation-only limit of a solve is ``calls * t_f``, ``t_f`` the time of one
   evaluation of ``f`` timed alone (a ~20 ms burst of calls in every round, median over
   rounds): no solve that calls ``f`` this often can be faster. The overhead share is
