@@ -40,9 +40,10 @@ class Graphed(Solver):
     for every later chunk; inside a backward pass (the implicit gradient's adjoint solve,
     whose vector-Jacobian products run on the stream of their forward pass) the chunks run
     unrecorded. A budget that is not a multiple of ``steps`` ends with an eager
-    chunk of the steps left. Recording costs about as much as a few chunks, and is not
-    reused between solves (``f`` may close over new inputs), so it can pay only in solves
-    of many chunks.
+    chunk of the steps left. A recording has costs of its own (torch synchronises the
+    device and empties its cache first) and is not reused between solves (``f`` may close
+    over new inputs), so it can pay only in solves of many chunks; not yet measured on a
+    GPU.
 
     What it gives: the iterates, statuses and per-sample evaluation counts of ``solver``
     run by the shared loop under the accelerator policy (no host read inside a step), bit
