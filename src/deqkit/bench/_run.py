@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import math
 import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -369,17 +368,6 @@ def run_solver_benchmark(config: BenchConfig) -> list[Row]:
         torch.set_num_threads(threads)
 
 
-def _runs_per_burst(
-    run: _Runner, prob: Problem, device: torch.device, seconds: float = 0.02
-) -> int:
-    """How many back-to-back runs of a solver take about ``seconds`` (1 to 50)."""
-    sync(device)
-    t0 = time.perf_counter()
-    run(prob.f, prob.z0)
-    sync(device)
-    return max(1, min(50, int(seconds / max(time.perf_counter() - t0, 1e-7))))
-
-
 def _run_problem(
     spec: ProblemSpec,
     entrants: Sequence[tuple[str, str, _Runner]],
@@ -405,7 +393,10 @@ def _run_problem(
                 "evals": counted.calls if iterations is None else int(iterations.max()),
             }
         )
-    runs = [_runs_per_burst(run, prob, device) for _, _, run in entrants]
+    # Runs per burst as calls of f per burst: about 20 ms each (at least one).
+    runs = [
+        calls_per_burst(lambda z, run=run: run(prob.f, z), prob.z0, device) for *_, run in entrants
+    ]
     times: list[list[float]] = [[] for _ in entrants]
     calls: list[int] = [0 for _ in entrants]
     f_times: list[float] = []

@@ -99,10 +99,11 @@ class Graphed(Solver):
                 f"{of}: solver must be a solver name, a Solver instance or a mapping of a "
                 f"name and options, got {type(inner).__name__}"
             )
-        if not inner.capturable or getattr(inner, "native", False):
+        native = getattr(inner, "native", False)
+        if not inner.capturable or native:
             why = (
                 "its native solve is CPU code of its own; use native=False"
-                if getattr(inner, "native", False)
+                if native
                 else "its steps read values on the host or change their shapes from step to step"
             )
             raise ValueError(
@@ -130,15 +131,14 @@ class Graphed(Solver):
         # copying its results into them, so that a recording of it can be replayed.
         carry = (p, p.z.clone(), p.res.clone(), active.clone(), failed.clone())
         carry = (*carry, inner.init(ev, p, active))
-        leaves, spec = _flatten(carry)
-        rebuild = _rebuilder(carry)
+        leaves, spec, rebuild = _flatten(carry)
 
         def chunk(n: int) -> None:
             q_p, best_z, best_res, act, fail, state = rebuild(leaves)
             q_p, best_z, best_res, act, state = run_steps(
                 ev, inner, q_p, best_z, best_res, act, fail, state, n, tol
             )
-            out, out_spec = _flatten((q_p, best_z, best_res, act, fail, state))
+            out, out_spec, _ = _flatten((q_p, best_z, best_res, act, fail, state))
             if out_spec != spec:
                 raise RuntimeError(
                     f"{self.name}: the state of {inner.name!r} changed its structure, shapes "
@@ -213,43 +213,37 @@ def _record(chunk: Callable[[int], None], n: int, device, name: str, inner: str)
     return graph
 
 
-def _flatten(obj: Any) -> tuple[list[Tensor], tuple]:
-    """The tensors of a nest of tuples, named tuples and dataclasses, in order, and a
-    description of the rest (types, non-tensor values, tensor shapes and dtypes)."""
+def _flatten(obj: Any) -> tuple[list[Tensor], tuple, Callable[[list[Tensor]], Any]]:
+    """The tensors of a nest of tuples, named tuples and dataclasses, in order; a
+    description of the rest (types, non-tensor values, tensor shapes and dtypes); and a
+    function that rebuilds the nest around another such list of tensors (dataclasses by
+    ``dataclasses.replace``, so ``obj`` is untouched)."""
     leaves: list[Tensor] = []
 
-    def walk(o: Any) -> Any:
+    def walk(o: Any) -> tuple[Any, Callable]:
+        """``(description, build)`` of ``o``; ``build(it)`` takes its tensors from ``it``."""
         if isinstance(o, Tensor):
             leaves.append(o)
-            return ("tensor", tuple(o.shape), o.dtype)
+            return ("tensor", tuple(o.shape), o.dtype), next
         if isinstance(o, tuple):
-            return (type(o).__name__, tuple(walk(x) for x in o))
+            parts = [walk(x) for x in o]
+            make = type(o)._make if hasattr(o, "_fields") else tuple
+            spec = (type(o).__name__, tuple(d for d, _ in parts))
+            return spec, lambda it: make([b(it) for _, b in parts])
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            fields = dataclasses.fields(o)
-            return (type(o).__name__, tuple((f.name, walk(getattr(o, f.name))) for f in fields))
+            names = [f.name for f in dataclasses.fields(o)]
+            parts = [walk(getattr(o, n)) for n in names]
+            spec = (type(o).__name__, tuple((n, d) for n, (d, _) in zip(names, parts, strict=True)))
+            return spec, lambda it: dataclasses.replace(
+                o, **{n: b(it) for n, (_, b) in zip(names, parts, strict=True)}
+            )
         if o is None or isinstance(o, (bool, int, float, str)):
-            return o
-        return ("object", id(o))  # shared constants: the same object or a different state
+            return o, lambda it: o
+        # shared constants: the same object, or a different state
+        return ("object", id(o)), lambda it: o
 
-    return leaves, walk(obj)
-
-
-def _rebuilder(obj: Any) -> Callable[[list[Tensor]], Any]:
-    """A function that rebuilds ``obj``'s structure around a list of tensors, in the order
-    of :func:`_flatten` (dataclasses by ``dataclasses.replace``, so ``obj`` is untouched)."""
-
-    def build(o: Any, it) -> Any:
-        if isinstance(o, Tensor):
-            return next(it)
-        if isinstance(o, tuple):
-            items = [build(x, it) for x in o]
-            return type(o)(*items) if hasattr(o, "_fields") else tuple(items)
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            values = {f.name: build(getattr(o, f.name), it) for f in dataclasses.fields(o)}
-            return dataclasses.replace(o, **values)
-        return o
-
-    return lambda leaves: build(obj, iter(leaves))
+    spec, build = walk(obj)
+    return leaves, spec, lambda tensors: build(iter(tensors))
 
 
 def _write_back(static: list[Tensor], new: list[Tensor]) -> None:
